@@ -1,0 +1,3 @@
+"""facegate: edge face-verification firmware for kiosks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,165 @@
+"""`facegate` command line (contract: DESIGN.md section 4).
+
+Each sub-command is implemented by `edge.commands.<name>.run(args, cfg) -> int`, imported only
+when that command runs, so `facegate --help` stays fast and a command whose module has not
+landed says so instead of faking output. Exit codes: 0 success, 1 denied/failed/below target,
+2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from edge import __version__
+from edge.errors import ConfigError, FacegateError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: usage error: {message}\n")
+
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", metavar="F", help="TOML config (default: $FACEGATE_CONFIG)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(prog="facegate", description="Edge face-verification kiosk firmware.")
+    parser.add_argument("--version", action="version", version=f"facegate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("run", parents=[common], help="run the kiosk loop")
+    p.add_argument("--source", metavar="URI", help="camera source URI (overrides config)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.set_defaults(handler="run")
+
+    p = sub.add_parser("enroll", parents=[common], help="enrol a subject on this device")
+    p.add_argument("subject")
+    p.add_argument("--source", metavar="URI", required=True)
+    p.add_argument("--frames", type=int, metavar="N", help="good frames to average")
+    p.set_defaults(handler="enroll")
+
+    p = sub.add_parser("verify", parents=[common], help="run one verification session")
+    p.add_argument("subject")
+    p.add_argument("--source", metavar="URI", required=True)
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("--amount", type=float, help="payment amount (step-up policy)")
+    p.add_argument("--seed", type=int, help="seed for the challenge timing (tests)")
+    p.set_defaults(handler="verify")
+
+    p = sub.add_parser("templates", parents=[common], help="manage the template store")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    tsub.required = True
+    tsub.add_parser("list", parents=[common])
+    t = tsub.add_parser("import", parents=[common])
+    t.add_argument("file")
+    t = tsub.add_parser("revoke", parents=[common])
+    t.add_argument("subject")
+    t = tsub.add_parser("wipe", parents=[common])
+    t.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler="templates")
+
+    p = sub.add_parser("keys", parents=[common], help="device identity keys")
+    ksub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    ksub.required = True
+    ksub.add_parser("init", parents=[common])
+    ksub.add_parser("public", parents=[common])
+    p.set_defaults(handler="keys")
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate on a data set")
+    esub = p.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
+    esub.required = True
+    e = esub.add_parser("lfw", parents=[common])
+    e.add_argument("--pairs", required=True, metavar="F")
+    e.add_argument("--images", required=True, metavar="DIR")
+    e.add_argument("--json", metavar="OUT", dest="json_out")
+    e.add_argument("--plot", metavar="PNG")
+    e.add_argument("--limit", type=int, metavar="N", help="first N pairs only (smoke runs)")
+    e.set_defaults(handler="eval_lfw")
+    e = esub.add_parser("liveness", parents=[common])
+    e.add_argument("--data", required=True, metavar="DIR")
+    e.add_argument("--json", metavar="OUT", dest="json_out")
+    e.set_defaults(handler="eval_liveness")
+    e = esub.add_parser("detect", parents=[common])
+    e.add_argument("--data", required=True, metavar="DIR")
+    e.add_argument("--json", metavar="OUT", dest="json_out")
+    e.set_defaults(handler="eval_detect")
+
+    p = sub.add_parser("bench", parents=[common], help="per-stage timing (JSON)")
+    p.add_argument("--source", metavar="URI")
+    p.add_argument("--frames", type=int, default=200, metavar="N")
+    p.add_argument("--threads", type=int, default=1, metavar="N")
+    p.add_argument("--json", metavar="OUT", dest="json_out")
+    p.set_defaults(handler="bench")
+
+    p = sub.add_parser("console", parents=[common], help="technician serial console")
+    p.add_argument("--port", metavar="DEV")
+    p.add_argument("--baud", type=int, default=115200)
+    p.set_defaults(handler="console")
+
+    p = sub.add_parser("outbox", parents=[common], help="inspect or drain the event outbox")
+    osub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    osub.required = True
+    osub.add_parser("status", parents=[common])
+    o = osub.add_parser("drain", parents=[common])
+    o.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    p.set_defaults(handler="outbox")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `facegate` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(bool(getattr(args, "verbose", False)))
+    modname = f"edge.commands.{args.handler}"
+    try:
+        from edge.config import load_config
+
+        cfg = load_config(args.config)
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name != modname:
+                raise
+            print(f"facegate {args.command}: not implemented yet", file=sys.stderr)
+            return EXIT_USAGE
+        return int(module.run(args, cfg))
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return exc.exit_code
+    except FacegateError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-command implementations: each module exposes `run(args, cfg) -> int`."""

@@ -1,0 +1,395 @@
+"""TOML configuration -> frozen, validated dataclasses.
+
+Every section is a frozen dataclass; each field carries its allowed range or choices in
+`metadata`. `load_config` reports every problem at once, one line each, naming the key path,
+the bad value and what is allowed. Unknown keys are errors so typos never pass silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ConfigError
+
+ENV_CONFIG = "FACEGATE_CONFIG"
+ENV_STATE_DIR = "FACEGATE_STATE_DIR"
+PROFILES = ("demo", "fare_gate", "smart_lock", "bakery")
+
+
+def _f(
+    default: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """A dataclass field with validation metadata (inclusive numeric bounds or allowed values)."""
+    meta = {"lo": lo, "hi": hi, "choices": choices}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = _f("kiosk-dev-0001")
+    site: str = _f("lab")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: str = _f("~/.local/state/facegate")
+    models_dir: str = _f("")  # empty: the models/ folder shipped next to the package
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = _f("")  # empty: the demo picks a default
+    width: int = _f(640, lo=64, hi=4096)
+    height: int = _f(480, lo=64, hi=4096)
+    fps: float = _f(30.0, lo=1.0, hi=120.0)
+    realtime: bool = _f(True)
+    read_timeout_s: float = _f(2.0, lo=0.1, hi=60.0)
+    reopen_attempts: int = _f(5, lo=0, hi=1000)
+    reopen_backoff_s: float = _f(0.5, lo=0.0, hi=60.0)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    threads: int = _f(1, lo=1, hi=16)
+    detect_score: float = _f(0.6, lo=0.05, hi=0.99)
+    nms_iou: float = _f(0.3, lo=0.05, hi=0.95)
+    min_face_px: int = _f(40, lo=8, hi=2000)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    min_interocular_px: float = _f(28.0, lo=4.0, hi=1000.0)
+    max_yaw_deg: float = _f(30.0, lo=5.0, hi=90.0)
+    max_pitch_deg: float = _f(25.0, lo=5.0, hi=90.0)
+    min_sharpness: float = _f(15.0, lo=0.0, hi=10000.0)
+    min_brightness: float = _f(40.0, lo=0.0, hi=255.0)
+    max_brightness: float = _f(220.0, lo=0.0, hi=255.0)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    # Cosine-similarity thresholds calibrated on LFW pairsDevTrain.txt only (see models/README.md).
+    threshold: float = _f(0.90, lo=-1.0, hi=1.0)
+    payment_threshold: float = _f(0.93, lo=-1.0, hi=1.0)
+    frames: int = _f(3, lo=1, hi=30)
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    ear_threshold: float = _f(0.2, lo=0.05, hi=0.5)
+    closed_fraction: float = _f(0.75, lo=0.3, hi=0.95)
+    min_blink_ms: float = _f(40.0, lo=0.0, hi=1000.0)
+    max_blink_ms: float = _f(700.0, lo=50.0, hi=3000.0)
+    blinks_required: int = _f(1, lo=1, hi=5)
+    prompt_delay_min_s: float = _f(0.3, lo=0.0, hi=10.0)
+    prompt_delay_max_s: float = _f(1.2, lo=0.0, hi=10.0)
+    response_window_s: float = _f(3.0, lo=0.3, hi=30.0)
+    static_motion_px: float = _f(0.35, lo=0.0, hi=50.0)
+    continuity_min_iou: float = _f(0.3, lo=0.0, hi=1.0)
+    continuity_min_similarity: float = _f(0.8, lo=-1.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    claim_timeout_s: float = _f(30.0, lo=1.0, hi=600.0)
+    acquire_timeout_s: float = _f(8.0, lo=0.5, hi=120.0)
+    challenge_timeout_s: float = _f(6.0, lo=0.5, hi=120.0)
+    verify_timeout_s: float = _f(3.0, lo=0.2, hi=60.0)
+    max_failures: int = _f(5, lo=1, hi=100)
+    lockout_base_s: float = _f(30.0, lo=1.0, hi=86400.0)
+    lockout_max_s: float = _f(3600.0, lo=1.0, hi=604800.0)
+    challenge: str = _f("always", choices=("always", "never", "above_amount"))
+    stepup_amount: float = _f(0.0, lo=0.0, hi=1e9)
+
+
+@dataclass(frozen=True)
+class TemplatesConfig:
+    validity_days: int = _f(365, lo=1, hi=3650)
+    enroll_frames: int = _f(5, lo=1, hi=50)
+    enroll_min_agreement: float = _f(0.85, lo=-1.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = _f(True)
+    host: str = _f("127.0.0.1")
+    port: int = _f(1883, lo=1, hi=65535)
+    tls: bool = _f(False)
+    ca_file: str = _f("")
+    cert_file: str = _f("")
+    key_file: str = _f("")
+    keepalive_s: int = _f(30, lo=5, hi=3600)
+    max_inflight: int = _f(20, lo=1, hi=1000)
+    reconnect_min_s: float = _f(0.5, lo=0.05, hi=60.0)
+    reconnect_max_s: float = _f(30.0, lo=0.1, hi=3600.0)
+    backend_public_key: str = _f("")  # hex Ed25519 key that signs downlink commands
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_events: int = _f(100000, lo=10, hi=10_000_000)
+
+
+@dataclass(frozen=True)
+class ActuatorConfig:
+    kind: str = _f("none", choices=("none", "gpio", "serial"))
+    pin: int = _f(17, lo=0, hi=40)
+    active_high: bool = _f(True)
+    pulse_ms: int = _f(1500, lo=10, hi=60000)
+    serial_port: str = _f("")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    port: str = _f("")
+    baud: int = _f(115200, choices=(9600, 19200, 38400, 57600, 115200, 230400))
+    pin_hash: str = _f("")  # scrypt hash of the technician PIN, set by `facegate keys init`
+    max_attempts: int = _f(3, lo=1, hi=20)
+    lockout_s: float = _f(60.0, lo=1.0, hi=86400.0)
+
+
+@dataclass(frozen=True)
+class FareGateConfig:
+    gate: str = _f("gate-01")
+    fare: float = _f(3.0, lo=0.0, hi=1e6)
+    currency: str = _f("CNY")
+
+
+@dataclass(frozen=True)
+class SmartLockConfig:
+    door: str = _f("door-01")
+    household: tuple[str, ...] = _f(())
+    max_household: int = _f(10, lo=1, hi=10)
+    welfare_days: int = _f(3, lo=1, hi=60)
+
+
+@dataclass(frozen=True)
+class BakeryConfig:
+    currency: str = _f("CNY")
+    stepup_amount: float = _f(100.0, lo=0.0, hi=1e9)
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    capture_frames: bool = _f(False)
+    capture_dir: str = _f("/dev/shm/facegate-debug")
+    capture_ttl_s: float = _f(300.0, lo=1.0, hi=86400.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = _f("demo", choices=PROFILES)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    fare_gate: FareGateConfig = field(default_factory=FareGateConfig)
+    smart_lock: SmartLockConfig = field(default_factory=SmartLockConfig)
+    bakery: BakeryConfig = field(default_factory=BakeryConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    @property
+    def state_dir(self) -> Path:
+        """State directory: $FACEGATE_STATE_DIR wins over [paths] state_dir."""
+        raw = os.environ.get(ENV_STATE_DIR) or self.paths.state_dir
+        return Path(raw).expanduser()
+
+    @property
+    def models_dir(self) -> Path:
+        if self.paths.models_dir:
+            return Path(self.paths.models_dir).expanduser()
+        return Path(__file__).resolve().parent.parent / "models"
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _check_scalar(path: str, value: Any, tp: Any, meta: Any, problems: list[str]) -> Any:
+    """Coerce and check one value; append a problem line and return None when it is bad."""
+    ok_type = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok_type:
+        problems.append(f"{path} = {_fmt(value)}: must be {_type_name(tp)}")
+        return None
+    if tp is float:
+        value = float(value)
+        if not math.isfinite(value):
+            problems.append(f"{path} = {_fmt(value)}: must be a finite number")
+            return None
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(_fmt(c) for c in choices)
+        problems.append(f"{path} = {_fmt(value)}: must be one of {allowed}")
+        return None
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is not None and not (lo <= value <= hi):
+        problems.append(f"{path} = {_fmt(value)}: must be between {lo:g} and {hi:g}")
+        return None
+    if tp is str and "\x00" in value:
+        problems.append(f"{path}: must not contain NUL characters")
+        return None
+    return value
+
+
+def _build(cls: Any, data: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"{prefix or 'config'}: must be a table")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            problems.append(f"{path}: unknown key (allowed here: {allowed})")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path, problems)
+            continue
+        if typing.get_origin(tp) is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{path} = {_fmt(value)}: must be a list of strings")
+                continue
+            kwargs[key] = tuple(value)
+            continue
+        checked = _check_scalar(path, value, tp, fields[key].metadata, problems)
+        if checked is not None:
+            kwargs[key] = checked
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
+        problems.append(f"{prefix or 'config'}: {exc}")
+        return cls()
+
+
+def _cross_checks(cfg: Config, problems: list[str]) -> None:
+    lv, q, s, v = cfg.liveness, cfg.quality, cfg.session, cfg.verify
+    if lv.prompt_delay_min_s > lv.prompt_delay_max_s:
+        problems.append(
+            f"liveness.prompt_delay_min_s = {lv.prompt_delay_min_s:g}: must not exceed "
+            f"liveness.prompt_delay_max_s ({lv.prompt_delay_max_s:g})"
+        )
+    if lv.min_blink_ms >= lv.max_blink_ms:
+        problems.append(
+            f"liveness.min_blink_ms = {lv.min_blink_ms:g}: must be below "
+            f"liveness.max_blink_ms ({lv.max_blink_ms:g})"
+        )
+    if q.min_brightness >= q.max_brightness:
+        problems.append(
+            f"quality.min_brightness = {q.min_brightness:g}: must be below "
+            f"quality.max_brightness ({q.max_brightness:g})"
+        )
+    if v.payment_threshold < v.threshold:
+        problems.append(
+            f"verify.payment_threshold = {v.payment_threshold:g}: must be at least "
+            f"verify.threshold ({v.threshold:g})"
+        )
+    if s.lockout_base_s > s.lockout_max_s:
+        problems.append(
+            f"session.lockout_base_s = {s.lockout_base_s:g}: must not exceed "
+            f"session.lockout_max_s ({s.lockout_max_s:g})"
+        )
+    if len(cfg.smart_lock.household) > cfg.smart_lock.max_household:
+        problems.append(
+            f"smart_lock.household: {len(cfg.smart_lock.household)} subjects: must be at most "
+            f"smart_lock.max_household ({cfg.smart_lock.max_household})"
+        )
+    if cfg.mqtt.tls and not cfg.mqtt.ca_file:
+        problems.append("mqtt.ca_file = '': must name the CA certificate when mqtt.tls = true")
+    if bool(cfg.mqtt.cert_file) != bool(cfg.mqtt.key_file):
+        problems.append("mqtt.cert_file / mqtt.key_file: give both for mTLS, or neither")
+    if cfg.actuator.kind == "serial" and not cfg.actuator.serial_port:
+        problems.append("actuator.serial_port = '': must name a port when actuator.kind = 'serial'")
+    if not cfg.device.id or len(cfg.device.id) > 64 or "/" in cfg.device.id or "+" in cfg.device.id:
+        problems.append(
+            f"device.id = {_fmt(cfg.device.id)}: must be 1-64 characters without '/', '+' or '#'"
+        )
+    if not cfg.device.site or "/" in cfg.device.site or "+" in cfg.device.site:
+        problems.append(f"device.site = {_fmt(cfg.device.site)}: must be non-empty without '/' or '+'")
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Parse TOML text into a validated Config, raising ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML ({exc}); fix the syntax"]) from None
+    problems: list[str] = []
+    cfg = _build(Config, data, "", problems)
+    if not problems:
+        _cross_checks(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return typing.cast(Config, cfg)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config named by `path`, else $FACEGATE_CONFIG, else the built-in defaults."""
+    chosen = path if path is not None else os.environ.get(ENV_CONFIG) or None
+    if chosen is None:
+        return Config()
+    p = Path(chosen).expanduser()
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: file not found; pass --config or set {ENV_CONFIG}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read ({exc.strerror}); check permissions"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text; save the file as UTF-8"]) from None
+    return parse_config(text, str(p))
+
+
+def config_keys() -> dict[str, Any]:
+    """All valid key paths and their defaults (for docs and the console `status`)."""
+    out: dict[str, Any] = {}
+
+    def walk(cls: Any, prefix: str) -> None:
+        inst = cls()
+        for f in dataclasses.fields(cls):
+            val = getattr(inst, f.name)
+            path = f"{prefix}.{f.name}" if prefix else f.name
+            if dataclasses.is_dataclass(val):
+                walk(type(val), path)
+            else:
+                out[path] = val
+
+    walk(Config, "")
+    return out
