@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -28,8 +29,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 
-def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _common() -> _Parser:
+    p = _Parser(add_help=False)
     p.add_argument("--config", metavar="F", help="TOML config (default: $FACEGATE_CONFIG)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -131,6 +132,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `facegate` console script; returns the process exit code."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # keep driver chatter off the console
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(bool(getattr(args, "verbose", False)))

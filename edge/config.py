@@ -340,7 +340,9 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
             f"device.id = {_fmt(cfg.device.id)}: must be 1-64 characters without '/', '+' or '#'"
         )
     if not cfg.device.site or "/" in cfg.device.site or "+" in cfg.device.site:
-        problems.append(f"device.site = {_fmt(cfg.device.site)}: must be non-empty without '/' or '+'")
+        problems.append(
+            f"device.site = {_fmt(cfg.device.site)}: must be non-empty without '/' or '+'"
+        )
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:

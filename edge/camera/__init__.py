@@ -1,0 +1,40 @@
+"""Camera sources selected by URI; every source is a context manager yielding `Frame`s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.camera.base import Frame, ImageRGB, Source
+from edge.camera.file import FileSource, read_image, to_rgb
+from edge.camera.live import LiveSource, OpenCVCapture, Picamera2Capture
+from edge.camera.uri import SourceSpec, parse_source_uri
+from edge.config import CameraConfig
+
+__all__ = [
+    "FileSource",
+    "Frame",
+    "ImageRGB",
+    "LiveSource",
+    "Source",
+    "SourceSpec",
+    "open_source",
+    "parse_source_uri",
+    "read_image",
+    "to_rgb",
+]
+
+
+def open_source(
+    uri: str, cfg: CameraConfig | None = None, *, realtime: bool | None = None
+) -> FileSource | LiveSource:
+    """Open the source named by `uri`; SourceError (exit 2) names the URI when it cannot be opened.
+
+    `realtime` overrides `camera.realtime` for file replay (False = as fast as possible).
+    """
+    cfg = cfg or CameraConfig()
+    spec = parse_source_uri(uri)
+    if spec.kind == "file":
+        return FileSource(uri, Path(spec.target).expanduser(), cfg, realtime=realtime)
+    if spec.kind == "picamera2":
+        return LiveSource(uri, lambda: Picamera2Capture(uri, spec.index, cfg), cfg)
+    return LiveSource(uri, lambda: OpenCVCapture(uri, spec.kind, spec.target, cfg), cfg)
