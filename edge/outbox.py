@@ -1,0 +1,265 @@
+"""Durable store-and-forward queue of signed events (SQLite, WAL, synchronous=FULL).
+
+Guarantees (each is a test in tests/test_outbox.py):
+- `emit` reserves the device's next `seq` and stores the signed event in ONE transaction, and
+  returns only after the commit is on disk: the kiosk shows a decision or actuates after `emit`
+  returns, so a power cut can neither lose a created event nor reuse its seq.
+- A row is deleted only by `ack`, which the MQTT link calls after the broker's PUBACK; a crash
+  before that means the event is published again (the backend ledger is idempotent on
+  `device:seq`).
+- Bounded: at `max_events` the oldest NON-payment event is dropped to make room. Payment events
+  (`payment.authorize`, `fare.charge`) are never dropped; when only payments remain, `emit`
+  raises OutboxFullError and the kiosk must refuse the payment (a non-face alternative exists).
+  The first drop after the outbox was last below 90 % also queues a `device.status` event with
+  status `outbox_full`, and `status()["full"]` is true while the outbox is at its bound.
+Several processes may open the same file (the kiosk and `facegate outbox drain`); SQLite's
+locking serialises them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import FacegateError
+from edge.events import PAYMENT_TYPES, EventFactory, SignedEvent, next_seq_in
+
+OUTBOX_FILE = "outbox.db"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seq (device TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payment INTEGER NOT NULL,
+    created_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_payment ON outbox(payment, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_COUNTERS = ("pending", "enqueued", "acked", "dropped", "full_reported")
+
+
+class OutboxFullError(FacegateError):
+    """The outbox holds only unsent payment events and is at its bound."""
+
+    prefix = "outbox full"
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    key: str
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    """The queue in `<state_dir>/outbox.db`; thread-safe within a process (one lock)."""
+
+    def __init__(
+        self, path: Path, max_events: int = 100_000, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path, self.max_events, self._clock = Path(path), max_events, clock
+        self._lock = threading.RLock()
+        # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT below.
+        self._db = sqlite3.connect(
+            str(path), isolation_level=None, timeout=30.0, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._tx() as db:
+            # (executescript would COMMIT on its own, outside this transaction)
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(stmt)
+            for name in _COUNTERS:
+                db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+            # `pending` is kept in step by every transaction; recount once at open to be sure.
+            db.execute(
+                "UPDATE counters SET value = (SELECT COUNT(*) FROM outbox) WHERE name = 'pending'"
+            )
+        self._listeners: list[Callable[[], None]] = []
+
+    # ---- transactions -------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, outbox: Outbox) -> None:
+            self._o = outbox
+
+        def __enter__(self) -> sqlite3.Connection:
+            self._o._lock.acquire()
+            try:
+                self._o._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._o._lock.release()
+                raise
+            return self._o._db
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            try:
+                self._o._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self._o._lock.release()
+
+    def _tx(self) -> Outbox._Tx:
+        return Outbox._Tx(self)
+
+    def _bump(self, db: sqlite3.Connection, name: str, by: int = 1) -> None:
+        db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+
+    def _counter(self, db: sqlite3.Connection, name: str) -> int:
+        return int(db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+    # ---- producing ----------------------------------------------------------------------
+
+    def on_enqueue(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each committed enqueue in this process (wakes the publisher)."""
+        self._listeners.append(listener)
+
+    def next_seq(self, device: str) -> int:
+        """SeqStore protocol: reserve and commit the next seq (for EventFactory.make)."""
+        with self._tx() as db:
+            return next_seq_in(db, device)
+
+    def emit(self, factory: EventFactory, type: str, **fields: Any) -> SignedEvent:
+        """Build, sign and durably enqueue an event; seq and row commit together (module doc)."""
+        factory.validate_fields(type, fields)  # a bad event fails here, before any seq is used
+        with self._tx() as db:
+            seq = next_seq_in(db, factory.device_id)
+            event = factory.build(type, seq, **fields)
+            dropped = self._insert(db, event)
+            if dropped and not self._counter(db, "full_reported"):
+                self._report_full(db, factory)
+        self._notify()
+        return event
+
+    def enqueue(self, event: SignedEvent) -> bool:
+        """Store an event built elsewhere (seq already persisted); False if its key is queued."""
+        with self._tx() as db:
+            exists = db.execute("SELECT 1 FROM outbox WHERE key = ?", (event.key,)).fetchone()
+            if not exists:
+                self._insert(db, event)
+        self._notify()
+        return not exists
+
+    def _insert(self, db: sqlite3.Connection, event: SignedEvent) -> bool:
+        """Insert with the bound policy; True if an older event was dropped to make room."""
+        dropped = False
+        if self._pending(db) >= self.max_events:
+            victim = db.execute(
+                "SELECT id FROM outbox WHERE payment = 0 ORDER BY id LIMIT 1"
+            ).fetchone()
+            if victim is None:
+                raise OutboxFullError(
+                    f"{self.max_events} unsent payment events in {self.path}; refuse new "
+                    "payments until the link to the backend is back (`facegate outbox status`)"
+                )
+            db.execute("DELETE FROM outbox WHERE id = ?", (victim[0],))
+            self._bump(db, "dropped")
+            self._bump(db, "pending", -1)
+            dropped = True
+        db.execute(
+            "INSERT INTO outbox(key, type, topic, payload, payment, created_ts) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event.key,
+                event.type,
+                event.topic,
+                event.payload,
+                int(event.type in PAYMENT_TYPES),
+                self._clock(),
+            ),
+        )
+        self._bump(db, "enqueued")
+        self._bump(db, "pending")
+        return dropped
+
+    def _report_full(self, db: sqlite3.Connection, factory: EventFactory) -> None:
+        status = factory.build(
+            "device.status",
+            next_seq_in(db, factory.device_id),
+            status="outbox_full",
+            outbox_pending=self._pending(db),
+            outbox_full=True,
+            detail=f"bound {self.max_events} reached; oldest non-payment events dropped",
+        )
+        try:
+            self._insert(db, status)
+        except OutboxFullError:
+            return  # only payments left: nothing may be dropped for the report itself
+        db.execute("UPDATE counters SET value = 1 WHERE name = 'full_reported'")
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # ---- consuming ----------------------------------------------------------------------
+
+    def peek(self, limit: int, exclude: Iterable[int] = ()) -> list[OutboxItem]:
+        """Oldest `limit` queued events, skipping ids in `exclude` (already in flight)."""
+        skip = sorted(set(exclude))
+        marks = ",".join("?" * len(skip))
+        where = f"WHERE id NOT IN ({marks})" if skip else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, key, topic, payload FROM outbox {where} ORDER BY id LIMIT ?",
+                (*skip, limit),
+            ).fetchall()
+        return [OutboxItem(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+    def ack(self, ids: Sequence[int]) -> int:
+        """Delete published events (after PUBACK), in one transaction; returns rows removed."""
+        if not ids:
+            return 0
+        with self._tx() as db:
+            removed = 0
+            for i in ids:
+                removed += db.execute("DELETE FROM outbox WHERE id = ?", (i,)).rowcount
+            self._bump(db, "acked", removed)
+            self._bump(db, "pending", -removed)
+            if self._pending(db) < 0.9 * self.max_events:
+                db.execute("UPDATE counters SET value = 0 WHERE name = 'full_reported'")
+        return removed
+
+    def _pending(self, db: sqlite3.Connection) -> int:
+        return self._counter(db, "pending")
+
+    def status(self) -> dict[str, Any]:
+        """Counts for `facegate outbox status` and the device's status report."""
+        with self._lock:
+            db = self._db
+            pending = self._pending(db)
+            payments = int(
+                db.execute("SELECT COUNT(*) FROM outbox WHERE payment = 1").fetchone()[0]
+            )
+            oldest = db.execute("SELECT MIN(created_ts) FROM outbox").fetchone()[0]
+            by_type = dict(db.execute("SELECT type, COUNT(*) FROM outbox GROUP BY type").fetchall())
+            counters = {n: self._counter(db, n) for n in _COUNTERS}
+        return {
+            "pending": pending,
+            "pending_payments": payments,
+            "pending_by_type": by_type,
+            "oldest_age_s": None if oldest is None else round(self._clock() - oldest, 3),
+            "max_events": self.max_events,
+            "full": pending >= self.max_events,
+            "enqueued_total": counters["enqueued"],
+            "acked_total": counters["acked"],
+            "dropped_total": counters["dropped"],
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
