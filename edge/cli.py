@@ -31,8 +31,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _common() -> _Parser:
     p = _Parser(add_help=False)
-    p.add_argument("--config", metavar="F", help="TOML config (default: $FACEGATE_CONFIG)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # SUPPRESS: a sub-command's absent option must not clobber one given before the command.
+    p.add_argument("--config", metavar="F", default=argparse.SUPPRESS,
+                   help="TOML config (default: $FACEGATE_CONFIG)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging")
     return p
 
 
@@ -40,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(prog="facegate", description="Edge face-verification kiosk firmware.")
     parser.add_argument("--version", action="version", version=f"facegate {__version__}")
+    parser.add_argument("--config", metavar="F", help="TOML config (default: $FACEGATE_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

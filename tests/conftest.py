@@ -19,7 +19,7 @@ def data_root() -> Path | None:
 
 
 def require_data(relpath: str) -> Path:
-    """Path of a file or folder under $FACEGATE_DATA; skip (or fail under REQUIRE_DATA) if absent."""
+    """A path under $FACEGATE_DATA; skip (fail under FACEGATE_REQUIRE_DATA=1) when absent."""
     root = data_root()
     strict = os.environ.get("FACEGATE_REQUIRE_DATA") == "1"
     if root is None:

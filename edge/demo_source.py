@@ -1,0 +1,31 @@
+"""Where `make demo` finds something to look at when no camera source is configured."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge.errors import SourceError
+
+DEMO_VIDEOS = (
+    "liveness/videos/blink_webcam_7blinks_30fps.mp4",
+    "liveness/videos/blink_portrait_24fps.mp4",
+)
+
+
+def default_source_uri() -> str:
+    """A replay URI for the demo: a sample video under $FACEGATE_DATA or ../shared/data."""
+    roots = []
+    if os.environ.get("FACEGATE_DATA"):
+        roots.append(Path(os.environ["FACEGATE_DATA"]))
+    repo = Path(__file__).resolve().parent.parent
+    roots.append(repo.parent / "shared" / "data")
+    for root in roots:
+        for rel in DEMO_VIDEOS:
+            if (root / rel).is_file():
+                return f"file:{root / rel}"
+    raise SourceError(
+        "no camera source configured and no demo video found; pass --source URI "
+        "(e.g. --source cam:0, --source picamera2:0 or --source file:/path/to/video.mp4) "
+        "or set FACEGATE_DATA to the shared data folder"
+    )
