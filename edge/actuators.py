@@ -1,0 +1,153 @@
+"""Door relays, gate triggers and the like: pulse on a positive decision, fail-secure otherwise.
+
+Fail-secure means the relay is de-energised (locked) at rest, after every pulse, on any error,
+and on shutdown. `gpiozero` and `pyserial` are imported only when such an actuator is configured;
+tests pass a gpiozero `MockFactory` as the pin factory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from edge.config import ActuatorConfig
+from edge.errors import FacegateError
+
+log = logging.getLogger(__name__)
+
+
+class ActuatorError(FacegateError):
+    prefix = "actuator error"
+
+
+class Actuator(Protocol):
+    """Something that opens for `pulse_ms` and closes again by itself."""
+
+    def pulse(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NoActuator:
+    """Profiles without hardware (demo, a POS that only needs the event)."""
+
+    def __init__(self) -> None:
+        self.pulses = 0
+
+    def pulse(self) -> None:
+        self.pulses += 1
+
+    def close(self) -> None:
+        pass
+
+
+class _Pulser:
+    """Energise, wait pulse_ms on a timer thread, de-energise; a new pulse restarts the timer."""
+
+    def __init__(self, on: Callable[[], None], off: Callable[[], None], pulse_ms: int) -> None:
+        self._on, self._off, self._pulse_s = on, off, pulse_ms / 1000.0
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self.pulses = 0
+
+    def pulse(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            try:
+                self._on()
+            except Exception:
+                self._safe_off()
+                raise
+            self.pulses += 1
+            self._timer = threading.Timer(self._pulse_s, self._safe_off)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _safe_off(self) -> None:
+        try:
+            self._off()
+        except Exception as exc:  # nothing more we can do than shout: the relay state is unknown
+            log.error("actuator: could not de-energise the relay: %s", exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._safe_off()
+
+
+class GpioRelay(_Pulser):
+    """A relay on a GPIO pin through gpiozero (real pins on a Pi, MockFactory in tests)."""
+
+    def __init__(self, cfg: ActuatorConfig, pin_factory: Any | None = None) -> None:
+        try:
+            from gpiozero import OutputDevice
+        except ImportError:
+            raise ActuatorError(
+                "actuator.kind = 'gpio' needs gpiozero: sudo apt install python3-gpiozero "
+                "(or pip install 'facegate[pi]')"
+            ) from None
+        try:
+            self.device = OutputDevice(
+                cfg.pin, active_high=cfg.active_high, initial_value=False, pin_factory=pin_factory
+            )
+        except Exception as exc:
+            raise ActuatorError(
+                f"actuator.pin = {cfg.pin}: cannot claim the GPIO pin ({exc}); check the pin "
+                "number and that the service user is in group 'gpio'"
+            ) from None
+        super().__init__(self.device.on, self.device.off, cfg.pulse_ms)
+
+    def close(self) -> None:
+        super().close()
+        self.device.close()
+
+
+class SerialRelay(_Pulser):
+    """A USB/serial relay board that takes ASCII 'ON\\n' / 'OFF\\n' (the common CH340 boards)."""
+
+    def __init__(self, cfg: ActuatorConfig) -> None:
+        import serial
+
+        try:
+            self.port = serial.Serial(cfg.serial_port, 9600, timeout=1, write_timeout=1)
+        except (serial.SerialException, OSError) as exc:
+            raise ActuatorError(
+                f"actuator.serial_port = {cfg.serial_port!r}: cannot open ({exc}); check the "
+                "cable and that the service user is in group 'dialout'"
+            ) from None
+        super().__init__(lambda: self._send(b"ON\n"), lambda: self._send(b"OFF\n"), cfg.pulse_ms)
+        self._send(b"OFF\n")
+
+    def _send(self, data: bytes) -> None:
+        self.port.write(data)
+        self.port.flush()
+
+    def close(self) -> None:
+        super().close()
+        self.port.close()
+
+
+def make_actuator(cfg: ActuatorConfig, *, pin_factory: Any | None = None) -> Actuator:
+    """The actuator named by `actuator.kind`."""
+    if cfg.kind == "gpio":
+        return GpioRelay(cfg, pin_factory=pin_factory)
+    if cfg.kind == "serial":
+        return SerialRelay(cfg)
+    return NoActuator()
+
+
+def wait_released(relay: _Pulser, timeout_s: float) -> bool:
+    """Test helper: wait until the pulse timer has fired (True) or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        timer = relay._timer
+        if timer is None or not timer.is_alive():
+            return True
+        time.sleep(0.005)
+    return False
