@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -53,6 +58,23 @@ def runtime_name() -> str:
     return f"{dist} {ver}"
 
 
+@contextlib.contextmanager
+def _native_stderr(lines: list[str]) -> Iterator[None]:
+    """Capture what the C++ runtime writes to fd 2 while loading (it prints an INFO line per
+    interpreter and its real errors there); the caller decides what to show."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
+
+
 def load_interpreter(path: Path, threads: int = 1) -> Interpreter:
     """A ready (tensors allocated) interpreter for the .tflite file at `path`.
 
@@ -66,12 +88,17 @@ def load_interpreter(path: Path, threads: int = 1) -> Interpreter:
         raise ModelError(f"model file missing: {path}; run `make models` to fetch and verify it")
     verify_if_listed(path)
     _, mod = _backend()
+    native: list[str] = []
     try:
-        interp = mod.Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
-        interp.allocate_tensors()
+        with _native_stderr(native):
+            interp = mod.Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        raise ModelError(
-            f"cannot load model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
-            "run `make models` to restore it"
-        ) from exc
+        detail = next((ln for ln in native if not ln.startswith("INFO:")), "")
+        detail = detail or (str(exc).splitlines()[0] if str(exc) else repr(exc))
+        msg = f"cannot load model {path}: {detail}; run `make models` to restore it"
+        raise ModelError(msg) from exc
+    for line in native:
+        if not line.startswith("INFO:"):
+            print(line, file=sys.stderr)
     return cast(Interpreter, interp)
