@@ -108,6 +108,17 @@ def start_worker(
         )  # fmt: skip
 
 
+def wait_subscribed(log: Path, proc: subprocess.Popen[bytes], times: int = 1) -> None:
+    """Block until the worker logged its SUBACK `times` times (it died → fail with its log)."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited {proc.returncode}: {log.read_text()[-2000:]}")
+        return log.read_text(errors="replace").count("subscribed to $share/") >= times
+
+    wait_for(ready, 20, f"worker subscription ({log.name})", 0.05)
+
+
 def wait_for(pred: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -1,0 +1,203 @@
+"""`facegate-backend`: run a verifier worker, manage device keys, print the ledger."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from edge.errors import ConfigError, FacegateError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_DB = "facegate-ledger.db"
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        default=os.environ.get("FACEGATE_BACKEND_DB", DEFAULT_DB),
+        metavar="PATH|URL",
+        help="SQLite file or postgresql://… URL (default $FACEGATE_BACKEND_DB or ./%(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facegate-backend", description="facegate reference backend: verify and book events"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="subscribe to events and book them into the ledger")
+    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port | mqtts://…")
+    _db_arg(p)
+    p.add_argument("--ca", default="", metavar="FILE", help="CA that signed the broker cert")
+    p.add_argument("--cert", default="", metavar="FILE", help="client certificate (mTLS)")
+    p.add_argument("--key", default="", metavar="FILE", help="client private key (mTLS)")
+    p.add_argument(
+        "--client-id", default="", help="stable per worker: a restart resumes its broker session"
+    )
+    p.add_argument("--group", default="backend", help="shared-subscription group name")
+    p.add_argument("--max-bytes", type=int, default=0, metavar="N", help="oversize limit")
+    p.add_argument("--session-expiry", type=int, default=7 * 86400, metavar="S")
+    p.add_argument("--stats-every", type=float, default=30.0, metavar="S")
+
+    p = sub.add_parser("ledger", help="totals per type and device, amounts per currency")
+    _db_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("devices", help="registry of device public keys")
+    dsub = p.add_subparsers(dest="action", required=True)
+    a = dsub.add_parser("add", help="register or re-key a device")
+    a.add_argument("name")
+    a.add_argument("pubkey", help="64 hex chars: signing_public from `facegate keys public`")
+    _db_arg(a)
+    a = dsub.add_parser("list", help="registered devices and keys")
+    a.add_argument("--json", action="store_true")
+    _db_arg(a)
+    a = dsub.add_parser("remove", help="forget a device (its events are then refused)")
+    a.add_argument("name")
+    _db_arg(a)
+
+    p = sub.add_parser("bench", help="events/s and latency: outbox → broker → 2 workers → ledger")
+    p.add_argument("--broker", default="", metavar="URL", help="default: a private mosquitto")
+    p.add_argument("--db", default="", metavar="PATH|URL", help="default: SQLite in a tmp dir")
+    p.add_argument("--events", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", default="", metavar="OUT", help="also write the JSON here")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.backend.devices import KeyCache
+    from edge.backend.ledger import Ledger
+    from edge.backend.worker import (
+        DEFAULT_MAX_BYTES,
+        BrokerUrl,
+        EventHandler,
+        WorkerOptions,
+        run_worker,
+    )
+
+    broker = BrokerUrl.parse(args.broker)
+    for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+        if path and not os.path.isfile(path):
+            raise ConfigError([f"{flag} {path}: no such file; give the PEM file path"])
+    if bool(args.cert) != bool(args.key):
+        raise ConfigError(["--cert and --key go together (mutual TLS); give both or neither"])
+    options = WorkerOptions(broker=broker, ca_file=args.ca, cert_file=args.cert,
+                            key_file=args.key, group=args.group,
+                            session_expiry_s=args.session_expiry)  # fmt: skip
+    if args.client_id:
+        options = dataclasses.replace(options, client_id=args.client_id)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger("facegate.backend").info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with Ledger(args.db) as ledger:
+        handler = EventHandler(ledger, KeyCache(ledger), args.max_bytes or DEFAULT_MAX_BYTES)
+        return run_worker(handler, options, stop, stats_every_s=args.stats_every)
+
+
+def _print_totals(t: dict[str, Any]) -> None:
+    print(f"events booked: {t['events']}")
+    for r in t["by_type_device"]:
+        print(f"  {r['type']:<18} {r['device']:<24} {r['count']:>9}")
+    if t["amounts"]:
+        print("amounts (minor units):")
+        for r in t["amounts"]:
+            print(f"  {r['type']:<18} {r['device']:<24} {r['currency']} {r['amount']:>12}")
+        for cur, amount in t["amount_per_currency"].items():
+            print(f"  total {cur} {amount}")
+    if t["rejections"]:
+        print("refused (not booked):")
+        for reason, n in t["rejections"].items():
+            print(f"  {reason:<18} {n:>9}")
+    print(f"replay alerts: {t['alerts']}")
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from edge.backend.ledger import Ledger
+
+    with Ledger(args.db) as ledger:
+        totals = ledger.totals()
+    if args.json:
+        print(json.dumps(totals, sort_keys=True))
+    else:
+        _print_totals(totals)
+    return EXIT_OK
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from edge.backend.devices import add_device, list_devices, remove_device
+    from edge.backend.ledger import Ledger
+
+    with Ledger(args.db) as ledger:
+        if args.action == "add":
+            add_device(ledger, args.name, args.pubkey)
+            print(f"device {args.name} registered")
+        elif args.action == "remove":
+            if not remove_device(ledger, args.name):
+                print(f"device {args.name} is not registered", file=sys.stderr)
+                return EXIT_FAIL
+            print(f"device {args.name} removed")
+        else:
+            devices = list_devices(ledger)
+            if args.json:
+                print(json.dumps([d.__dict__ for d in devices], sort_keys=True))
+            for d in [] if args.json else devices:
+                print(f"{d.name}\t{d.public_key_hex}")
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edge.backend.bench import run_bench
+
+    result = run_bench(args.broker, args.db, args.events, args.workers)
+    text = json.dumps(result, sort_keys=True, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return EXIT_OK if result.get("lost", 1) == 0 and result.get("duplicates", 1) == 0 else EXIT_FAIL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `facegate-backend` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    commands = {"run": _cmd_run, "ledger": _cmd_ledger, "devices": _cmd_devices,
+                "bench": _cmd_bench}  # fmt: skip
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return exc.exit_code
+    except FacegateError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`facegate-backend` as real processes against a real mosquitto: run, devices, ledger, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from _backend import (
+    backend,
+    door,
+    factory,
+    payment,
+    start_worker,
+    wait_for,
+    wait_subscribed,
+)
+from _broker import Broker, start_mosquitto
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.backend.ledger import Ledger
+from edge.events import event_topic
+
+
+def _publisher(broker: Broker) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-pub", protocol=mqtt.MQTTv5)
+    if broker.tls:
+        kw = broker.client_tls_kwargs()
+        c.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT, **kw)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def _publish(c: mqtt.Client, topic: str, payload: bytes) -> None:
+    c.publish(topic, payload, qos=1).wait_for_publish(5)
+
+
+def _ledger(db: str) -> dict[str, object]:
+    return dict(json.loads(backend("ledger", "--db", db, "--json").stdout))
+
+
+@pytest.fixture
+def plain_broker(tmp_path: Path) -> Iterator[Broker]:
+    with start_mosquitto(tmp_path) as b:
+        yield b
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(15)
+
+
+def test_worker_books_events_and_refuses_bad_ones_without_stopping(
+    plain_broker: Broker, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "ledger.db")
+    f, pub = factory("kiosk-1", "bakery-1")
+    stranger, _ = factory("kiosk-1", "bakery-1")
+    backend("devices", "add", "kiosk-1", pub, "--db", db)
+    worker = start_worker(plain_broker.url, db, "w1", tmp_path / "w1.log")
+    wait_subscribed(tmp_path / "w1.log", worker)
+    c = _publisher(plain_broker)
+    try:
+        good = [payment(f, 1, amount=300), payment(f, 2, amount=200), door(f, 3)]
+        _publish(c, good[0].topic, good[0].payload)
+        wait_for(lambda: Ledger(db).count() == 1, 20, "the first event to be booked")
+        bad = [
+            (good[0].topic, b"{garbage"),  # malformed_json
+            (good[0].topic, b"x" * 20_000),  # oversized
+            (good[0].topic, payment(stranger, 7).payload),  # bad_signature
+            (event_topic("bakery-1", "kiosk-1", "door.unlock"), good[1].payload),  # mismatch
+            ("facegate/v1/bakery-1/kiosk-1/event/not.a.type", good[1].payload),  # bad_topic
+            (good[0].topic, good[0].payload),  # duplicate
+        ]
+        for topic, payload in bad:
+            _publish(c, topic, payload)
+        for ev in good[1:]:
+            _publish(c, ev.topic, ev.payload)
+        wait_for(lambda: Ledger(db).count() == 3, 20, "all good events to be booked")
+        wait_for(
+            lambda: sum(Ledger(db).rejection_counts().values()) == len(bad), 20, "the rejections"
+        )
+        assert worker.poll() is None, "worker died on bad input"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        code = _stop(worker)
+    assert code == 0, (tmp_path / "w1.log").read_text()
+    t = _ledger(db)
+    assert t["events"] == 3
+    assert t["amount_per_currency"] == {"EUR": 500}
+    assert t["rejections"] == {
+        "malformed_json": 1, "oversized": 1, "bad_signature": 1,
+        "topic_mismatch": 1, "bad_topic": 1, "duplicate": 1,
+    }  # fmt: skip
+    text = backend("ledger", "--db", db).stdout
+    assert "payment.authorize" in text and "total EUR 500" in text
+
+
+@pytest.mark.parametrize("mtls", [False, True])
+def test_worker_over_tls_with_pinned_ca(tmp_path: Path, mtls: bool) -> None:
+    with start_mosquitto(tmp_path, tls=True, mtls=mtls) as broker:
+        db = str(tmp_path / "ledger.db")
+        f, pub = factory("kiosk-2", "gate-1")
+        backend("devices", "add", "kiosk-2", pub, "--db", db)
+        extra = ["--ca", str(broker.ca_file)]
+        if mtls:
+            extra += ["--cert", str(broker.client_cert), "--key", str(broker.client_key)]
+        worker = start_worker(broker.url, db, "w-tls", tmp_path / "w.log", *extra)
+        wait_subscribed(tmp_path / "w.log", worker)
+        c = _publisher(broker)
+        try:
+            for seq in range(1, 6):
+                ev = door(f, seq)
+                _publish(c, ev.topic, ev.payload)
+            wait_for(lambda: Ledger(db).count() == 5, 20, "5 events over TLS")
+        finally:
+            c.disconnect()
+            c.loop_stop()
+            assert _stop(worker) == 0, (tmp_path / "w.log").read_text()
+
+
+def test_mqtts_without_ca_and_bad_urls_are_one_line_usage_errors(tmp_path: Path) -> None:
+    db = str(tmp_path / "l.db")
+    r = backend("run", "--broker", "mqtts://127.0.0.1:1", "--db", db, check=False)
+    assert r.returncode == 2 and "--ca" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = backend("run", "--broker", "http://x", "--db", db, check=False)
+    assert r.returncode == 2 and "mqtt://" in r.stderr
+    r = backend("devices", "add", "k", "nothex", "--db", db, check=False)
+    assert r.returncode == 2 and "64 hex" in r.stderr
+
+
+def test_devices_cli_adds_lists_and_removes(tmp_path: Path) -> None:
+    db = str(tmp_path / "l.db")
+    _, pub = factory()
+    backend("devices", "add", "kiosk-7", pub, "--db", db)
+    listed = json.loads(backend("devices", "list", "--json", "--db", db).stdout)
+    assert [(d["name"], d["public_key_hex"]) for d in listed] == [("kiosk-7", pub)]
+    backend("devices", "remove", "kiosk-7", "--db", db)
+    assert backend("devices", "remove", "kiosk-7", "--db", db, check=False).returncode == 1
+    assert json.loads(backend("devices", "list", "--json", "--db", db).stdout) == []
