@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from numpy.typing import NDArray
 
 from edge.errors import TemplateError
-from edge.keys import DeviceKeys
+from edge.keys import DeviceKeys, load_keys
 from edge.sealing import SealedTemplate, check_subject, open_sealed
 from edge.template_records import (
     ACTIVE,
@@ -39,7 +40,7 @@ from edge.template_records import (
     normalised,
 )
 
-__all__ = ["DB_NAME", "TemplateInfo", "TemplateStore", "cosine", "db_path"]
+__all__ = ["DB_NAME", "TemplateInfo", "TemplateStore", "cosine", "db_path", "open_store"]
 
 DB_NAME = "templates.db"
 SCHEMA_VERSION = "1"
@@ -428,3 +429,8 @@ def wipe_files(path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         p.unlink()
+
+
+def open_store(state_dir: Path, device_id: str, **kwargs: Any) -> TemplateStore:
+    """The device's store at `<state_dir>/templates.db`, opened with the device keys."""
+    return TemplateStore(db_path(state_dir), load_keys(state_dir, device_id), **kwargs)
