@@ -33,6 +33,6 @@ def test_bench_reports_size_scan_and_claim_latency(tmp_path: Path) -> None:
     assert res["templates"] == 200
     # a record is 12 B nonce + 512 B ciphertext + 16 B tag, plus row metadata and page slack
     assert 540 < res["bytes_per_template"] < 4096
-    assert res["db_bytes"] + res["wal_bytes"] == round(res["bytes_per_template"] * 200)
+    assert abs(res["db_bytes"] + res["wal_bytes"] - res["bytes_per_template"] * 200) < 200
     assert 0 < res["verify_claim_ms"]["p50"] <= res["verify_claim_ms"]["p95"]
     assert res["decrypt_compare_us"] > 0
