@@ -3,9 +3,10 @@
     python models/tools/fetch_mediapipe.py [--models-dir models] [--check]
 
 Downloads `mediapipe==0.10.21` with `pip download --no-deps` into a temporary folder (the wheel
-for this platform, or the manylinux x86_64 one when there is none: the model files are the same
-in every wheel), extracts the two .tflite files and the Apache-2.0 license, and writes them only
-if their sha256 matches the manifest. `--check` extracts and compares without writing.
+for this platform, or the manylinux x86_64 one when there is none, e.g. on aarch64 Linux: the
+model files are byte-identical in the x86_64 Linux and macOS universal2 wheels, checked),
+extracts the two .tflite files and the Apache-2.0 license, and writes them only if their
+sha256 matches the manifest. `--check` extracts and compares without writing.
 Exit 0 when every file matches, 1 otherwise.
 """
 
@@ -24,7 +25,8 @@ from pathlib import Path
 VERSION = "0.10.21"
 SOURCE = f"mediapipe=={VERSION}"
 IN_WHEEL = {
-    "face_detection_short_range.tflite": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+    "face_detection_short_range.tflite": "mediapipe/modules/face_detection/"
+    "face_detection_short_range.tflite",
     "face_landmark.tflite": "mediapipe/modules/face_landmark/face_landmark.tflite",
 }
 LICENSE = (f"mediapipe-{VERSION}.dist-info/LICENSE", "LICENSE-mediapipe.txt")
