@@ -114,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("console", parents=[common], help="technician serial console")
     p.add_argument("--port", metavar="DEV")
-    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--baud", type=int, default=None)
+    p.add_argument("--hash-pin", action="store_true",
+                   help="read a technician PIN on stdin and print its hash for [console] pin_hash")
+    p.add_argument("--new-codes", type=int, metavar="N",
+                   help="issue N single-use technician codes (printed once)")
     p.set_defaults(handler="console")
 
     p = sub.add_parser("outbox", parents=[common], help="inspect or drain the event outbox")
