@@ -90,7 +90,7 @@ class VerifyConfig:
 @dataclass(frozen=True)
 class LivenessConfig:
     ear_threshold: float = _f(0.2, lo=0.05, hi=0.5)
-    closed_fraction: float = _f(0.75, lo=0.3, hi=0.95)
+    closed_fraction: float = _f(0.8, lo=0.3, hi=0.95)  # measured: eval liveness
     min_blink_ms: float = _f(40.0, lo=0.0, hi=1000.0)
     max_blink_ms: float = _f(700.0, lo=50.0, hi=3000.0)
     blinks_required: int = _f(1, lo=1, hi=5)
