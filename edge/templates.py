@@ -260,6 +260,11 @@ class TemplateStore:
             self._put(db, info, self._cipher.seal(subject, sealed.version, sealed.expires_s, vec))
         return info, True
 
+    def info(self, subject: str) -> TemplateInfo | None:
+        """Metadata of one subject (active or tombstone), or None when unknown."""
+        row = self._row(check_subject(subject))
+        return None if row is None else TemplateInfo(subject, *row[:5])
+
     def list_all(self) -> list[TemplateInfo]:
         """Metadata of every row (active templates and tombstones), sorted by subject."""
         with self._guard(None):
@@ -293,9 +298,9 @@ class TemplateStore:
             elif row[1] == EXPIRED:
                 db.execute("UPDATE templates SET state = ? WHERE subject = ?", (REVOKED, subject))
         self._checkpoint()
-        found = self._row(subject)
+        found = self.info(subject)
         assert found is not None
-        return TemplateInfo(subject, found[0], found[1], found[2], found[3], found[4])
+        return found
 
     def expire(self) -> list[str]:
         """Turn every active template past its expiry into a tombstone; returns the subjects."""
