@@ -14,11 +14,9 @@ is a TemplateError naming the subject and the reason; one bad record never affec
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from numpy.typing import NDArray
 from edge.errors import TemplateError
 from edge.keys import DeviceKeys, load_keys
 from edge.sealing import SealedTemplate, check_subject, open_sealed
+from edge.template_db import DB_NAME, SCHEMA_VERSION, TemplateDB, db_path, wipe_files
 from edge.template_records import (
     ACTIVE,
     EXPIRED,
@@ -40,28 +39,18 @@ from edge.template_records import (
     normalised,
 )
 
-__all__ = ["DB_NAME", "TemplateInfo", "TemplateStore", "cosine", "db_path", "open_store"]
-
-DB_NAME = "templates.db"
-SCHEMA_VERSION = "1"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS templates (
-    subject   TEXT PRIMARY KEY,
-    version   INTEGER NOT NULL CHECK (version >= 0),
-    state     TEXT NOT NULL CHECK (state IN ('active', 'revoked', 'expired')),
-    origin    TEXT NOT NULL CHECK (origin IN ('enrol', 'import')),
-    created_s INTEGER NOT NULL,
-    expires_s INTEGER NOT NULL,
-    record    BLOB,
-    CHECK ((state = 'active') = (record IS NOT NULL))
-);
-"""
-
-
-def db_path(state_dir: Path) -> Path:
-    return Path(state_dir) / DB_NAME
+__all__ = [
+    "ACTIVE",
+    "DB_NAME",
+    "EXPIRED",
+    "REVOKED",
+    "TemplateInfo",
+    "TemplateStore",
+    "cosine",
+    "db_path",
+    "open_store",
+    "wipe_files",
+]
 
 
 class TemplateStore:
@@ -75,61 +64,19 @@ class TemplateStore:
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 5.0,
     ) -> None:
-        self.path = Path(path)
+        self._sql = TemplateDB(path, busy_timeout_s)
+        self.path = self._sql.path
+        self._db = self._sql.conn
         self._keys = keys
         self._cipher = RecordCipher(keys.device_id, keys.template_key)
         self._clock = clock
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Created 0600 before SQLite touches it; SQLite gives -wal/-shm the same mode.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        with self._guard(None):
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA secure_delete = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
-            self._problem = self._check_identity()
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _guard(self, subject: str | None) -> Iterator[None]:
-        """Turn SQLite failures into one-line TemplateErrors with the fix."""
-        who = f"subject {subject!r}: " if subject else ""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise TemplateError(
-                    f"{who}{self.path} is busy (another writer holds it); retry in a moment"
-                ) from None
-            raise self._damaged(who, exc) from None
-        except sqlite3.DatabaseError as exc:
-            raise self._damaged(who, exc) from None
-
-    def _damaged(self, who: str, exc: Exception) -> TemplateError:
-        return TemplateError(
-            f"{who}{self.path} is damaged or truncated ({exc}); run `facegate templates wipe "
-            f"--yes`, then re-enrol or resync templates from the backend"
-        )
-
-    @contextmanager
-    def _write(self, subject: str | None) -> Iterator[sqlite3.Connection]:
-        with self._guard(subject):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._guard = self._sql.guard
+        self._write = self._sql.write
+        self._problem = self._check_identity()
 
     def _check_identity(self) -> str | None:
         """Bind the store to (device id, template key); return why records cannot be read."""
-        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        rows = self._sql.meta()
         device = self._keys.device_id
         if "device_id" not in rows:
             with self._write(None) as db:
@@ -141,7 +88,7 @@ class TemplateStore:
                         ("key_check", self._cipher.key_check()),
                     ],
                 )
-            rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            rows = self._sql.meta()
         if rows.get("schema") != SCHEMA_VERSION:
             return f"store schema {rows.get('schema')!r} is not supported; update the firmware"
         if rows["device_id"] != device:
@@ -149,7 +96,8 @@ class TemplateStore:
                 f"store belongs to device {rows['device_id']!r}, this is {device!r}; "
                 f"templates never move between devices - wipe and resync"
             )
-        if not self._cipher.key_matches(bytes(rows.get("key_check", b""))):
+        check = rows.get("key_check", b"")
+        if not isinstance(check, bytes) or not self._cipher.key_matches(check):
             return (
                 "template key does not match this store (wrong key or credential); "
                 "restore the original template key, or wipe and resync"
@@ -157,7 +105,7 @@ class TemplateStore:
         return None
 
     def close(self) -> None:
-        self._db.close()
+        self._sql.close()
 
     def __enter__(self) -> TemplateStore:
         return self
@@ -331,17 +279,11 @@ class TemplateStore:
                 "UPDATE templates SET record = randomblob(length(record)) WHERE state = 'active'"
             )
             db.execute("DELETE FROM templates WHERE state = 'active'")
-        with self._guard(None):
-            self._checkpoint()
-            self._db.execute("VACUUM")
-        self._checkpoint()
+        self._sql.vacuum()
         return int(n)
 
     def _checkpoint(self) -> None:
-        # Old page images (with ciphertext) live on in the WAL until it is checkpointed and
-        # truncated; best effort - a concurrent reader can keep frames alive until it finishes.
-        with self._guard(None):
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._sql.checkpoint()
 
     # -- verification -------------------------------------------------------------------------
 
@@ -415,25 +357,6 @@ class TemplateStore:
             if best is None or score > best[1]:
                 best = (subject, score)
         return best
-
-
-def wipe_files(path: Path) -> None:
-    """Destroy a store SQLite can no longer open: overwrite db, WAL and SHM with random bytes."""
-    for p in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
-        try:
-            size = p.stat().st_size
-        except FileNotFoundError:
-            continue
-        with open(p, "r+b") as f:
-            # Chunked so a large file never needs its size in memory at once.
-            left = size
-            while left > 0:
-                n = min(left, 1 << 20)
-                f.write(os.urandom(n))
-                left -= n
-            f.flush()
-            os.fsync(f.fileno())
-        p.unlink()
 
 
 def open_store(state_dir: Path, device_id: str, **kwargs: Any) -> TemplateStore:
