@@ -92,15 +92,16 @@ def test_keypoints_sit_on_an_upright_face(detector: FaceDetector) -> None:
 
 def test_boxes_are_in_image_pixels_whatever_the_padding(detector: FaceDetector) -> None:
     image = rgb(require_data("detection/images/two_people.jpg"))
-    # 661x1126 padded on top to 961x1126: same scale in the model, different letterbox offset.
+    # 661x1126 padded on top to 961x1126: same scale in the model, different letterbox offset;
+    # a face spans ~20 model pixels, so one pixel of jitter is ~5 % of the box.
     shifted = cv2.copyMakeBorder(image, 300, 0, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     a = sorted(detector.detect(image), key=lambda f: f.x1)
     b = sorted(detector.detect(shifted), key=lambda f: f.x1)
     assert len(a) == len(b) == 2
     for fa, fb in zip(a, b, strict=True):
-        assert abs((fb.y1 - 300) - fa.y1) < 0.05 * fa.height
-        assert abs((fb.y2 - 300) - fa.y2) < 0.05 * fa.height
-        assert abs(fb.x1 - fa.x1) < 0.05 * fa.width
+        assert abs((fb.y1 - 300) - fa.y1) < 0.1 * fa.height
+        assert abs((fb.y2 - 300) - fa.y2) < 0.1 * fa.height
+        assert abs(fb.x1 - fa.x1) < 0.1 * fa.width
 
 
 def test_weighted_nms_merges_overlaps_by_score_and_keeps_separate_faces() -> None:

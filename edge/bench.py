@@ -1,0 +1,196 @@
+"""Per-stage timing of the vision path on real frames (`facegate bench`).
+
+Stages per frame: `detect` (BlazeFace, full frame), `landmarks` (FaceMesh on the best face),
+`liveness` (eye openness + blink detector update), `align` (5-point chip), `embed` (int8
+embedder); `frame` is their sum for that frame. Frame decoding is not timed (a camera delivers
+decoded frames). A stage whose module or model is not available is reported as null with a note.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.config import Config
+from edge.errors import DataError, FacegateError
+from edge.vision.detect import FaceDetector
+from edge.vision.landmarks import LandmarkModel
+from edge.vision.models import DETECTOR, EMBEDDER, LANDMARKER, model_path
+from edge.vision.runtime import runtime_name
+
+STAGES = ("detect", "landmarks", "liveness", "align", "embed", "frame")
+WARMUP_FRAMES = 5
+DEFAULT_VIDEO = "liveness/videos/blink_webcam_7blinks_30fps.mp4"
+
+
+def data_root() -> Path | None:
+    """$FACEGATE_DATA, else ../shared/data next to the checkout, else None."""
+    raw = os.environ.get("FACEGATE_DATA")
+    if raw:
+        return Path(raw)
+    guess = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return guess if guess.is_dir() else None
+
+
+def default_source() -> str:
+    """`file:` URI of the default bench video; DataError naming --source when there is none."""
+    root = data_root()
+    if root is not None and (root / DEFAULT_VIDEO).is_file():
+        return f"file:{root / DEFAULT_VIDEO}"
+    raise DataError(
+        f"no default bench video ({DEFAULT_VIDEO} under $FACEGATE_DATA or ../shared/data); "
+        "give one with --source file:<video> or --source cam:0"
+    )
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MiB."""
+    current = 0.0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) / 1024
+    except OSError:  # not Linux: only the peak is known
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return current or peak, peak
+
+
+def _pct(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    arr = np.asarray(values)
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 3),
+        "p95_ms": round(float(np.percentile(arr, 95)), 3),
+    }
+
+
+@dataclass
+class Stages:
+    """Optional stages found at run time, each a callable or None with the reason."""
+
+    liveness: Callable[[NDArray[np.float32], float, int], object] | None = None
+    align: Callable[[NDArray[np.uint8], Any], NDArray[np.uint8]] | None = None
+    embed: Callable[[NDArray[np.uint8]], object] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def optional_stages(cfg: Config, threads: int) -> Stages:
+    """Liveness, alignment and embedder if their modules (and model) have landed."""
+    st = Stages()
+    try:
+        liveness = importlib.import_module("edge.liveness")
+        openness = liveness.eye_openness
+        blinks = liveness.BlinkDetector(cfg.liveness)
+
+        def live(points: NDArray[np.float32], t: float, index: int) -> object:
+            return blinks.update(t, openness(points), index)
+
+        st.liveness = live
+    except (ImportError, AttributeError) as exc:
+        st.notes["liveness"] = f"edge.liveness not available ({exc})"
+    try:
+        align = importlib.import_module("edge.vision.align")
+
+        def chip(image: NDArray[np.uint8], marks: Any) -> NDArray[np.uint8]:
+            out: NDArray[np.uint8] = align.align_chip(image, align.five_points(marks))
+            return out
+
+        st.align = chip
+    except (ImportError, AttributeError) as exc:
+        st.notes["align"] = f"edge.vision.align not available ({exc})"
+    try:
+        embed_mod = importlib.import_module("edge.vision.embed")
+        embedder = embed_mod.Embedder(model_path(cfg.models_dir, EMBEDDER), threads)
+        st.embed = embedder.embed
+    except (ImportError, AttributeError, FacegateError) as exc:
+        st.notes["embed"] = f"embedder not available ({exc})"
+    if st.align is None and st.embed is not None:
+        st.embed = None
+        st.notes["embed"] = "needs edge.vision.align for its input chip"
+    return st
+
+
+def run_bench(
+    frames: Iterator[tuple[NDArray[np.uint8], float, int]],
+    cfg: Config,
+    n_frames: int,
+    threads: int,
+) -> dict[str, object]:
+    """Time every stage on `n_frames` frames (after a short warm-up); the bench JSON."""
+    v = cfg.vision
+    detector = FaceDetector(
+        model_path(cfg.models_dir, DETECTOR), threads, v.detect_score, v.nms_iou
+    )
+    marks_model = LandmarkModel(model_path(cfg.models_dir, LANDMARKER), threads)
+    st = optional_stages(cfg, threads)
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    dll: list[float] = []  # detect + landmarks + liveness per frame, the DESIGN §7 target
+    with_face = seen = 0
+    size: tuple[int, int] | None = None
+    clock = time.perf_counter
+    for image, t_s, index in frames:
+        if seen >= n_frames + WARMUP_FRAMES:
+            break
+        seen += 1
+        size = (int(image.shape[1]), int(image.shape[0]))
+        spent: dict[str, float] = {}
+        t0 = clock()
+        faces = detector.detect(image)
+        spent["detect"] = clock() - t0
+        if faces and faces[0].size_px >= v.min_face_px:
+            t0 = clock()
+            marks = marks_model.predict(image, faces[0])
+            spent["landmarks"] = clock() - t0
+            if st.liveness is not None:
+                t0 = clock()
+                st.liveness(marks.points, t_s, index)
+                spent["liveness"] = clock() - t0
+            if st.align is not None:
+                t0 = clock()
+                chip = st.align(image, marks)
+                spent["align"] = clock() - t0
+                if st.embed is not None:
+                    t0 = clock()
+                    st.embed(chip)
+                    spent["embed"] = clock() - t0
+        if seen <= WARMUP_FRAMES:
+            continue
+        with_face += "landmarks" in spent
+        for stage, s in spent.items():
+            times[stage].append(s * 1000)
+        times["frame"].append(sum(spent.values()) * 1000)
+        dll.append(sum(spent.get(k, 0.0) for k in ("detect", "landmarks", "liveness")) * 1000)
+    timed = max(0, seen - WARMUP_FRAMES)
+    if timed == 0:
+        raise DataError("the bench source gave no frames to time; give a longer --source")
+    current, peak = rss_mb()
+    result: dict[str, object] = {s: _pct(times[s]) for s in STAGES}
+    result.update(
+        {
+            "fps": round(1000.0 / statistics.fmean(times["frame"]), 1),
+            "rss_mb": round(current, 1),
+            "rss_peak_mb": round(peak, 1),
+            "threads": threads,
+            "runtime": runtime_name(),
+            "frames": timed,
+            "frames_with_face": with_face,
+            "frame_size": list(size) if size else None,
+            "detect_landmarks_liveness": _pct(dll),
+        }
+    )
+    notes = dict(st.notes)
+    notes["fps"] = "1000 / mean frame ms: processing only, decoding excluded"
+    result["note"] = notes
+    return result
