@@ -1,0 +1,165 @@
+"""`facegate outbox status | drain`, and the publisher tool behind `python -m edge.mqtt`.
+
+`python -m edge.mqtt publish-burst --state-dir D --broker mqtt://HOST:PORT --count N` is the
+kiosk-side publisher the end-to-end and fault tests run as a real process: it creates events
+until the device's seq reaches N (so after a SIGKILL and restart the total created is still N,
+seq 1..N), publishes them through the outbox and exits 0 once all are acknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from edge.config import Config, MqttConfig
+from edge.errors import FacegateError, KeyStoreError
+from edge.events import EventFactory
+from edge.keys import DeviceKeys, init_keys, keys_dir, load_keys, public_keys
+from edge.mqtt import MqttLink, parse_broker_url
+from edge.outbox import OUTBOX_FILE, Outbox
+
+_DECISION = {
+    "subject": "s-burst",
+    "decision": "accept",
+    "score": 0.91,
+    "liveness": {"blinks": 1, "challenge_ms": 850},
+}
+BURST_FIELDS = {
+    "door.unlock": {**_DECISION, "door": "main"},
+    "payment.authorize": {**_DECISION, "amount": 250, "currency": "EUR"},
+    "fare.charge": {**_DECISION, "amount": 290, "currency": "EUR", "gate": "g1"},
+}
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    path = cfg.state_dir / OUTBOX_FILE
+    if args.action == "status":
+        if not path.exists():
+            raise FacegateError(
+                f"no outbox at {path}; check [paths] state_dir / $FACEGATE_STATE_DIR"
+            )
+        with Outbox(path, cfg.outbox.max_events) as ob:
+            print(json.dumps(ob.status(), sort_keys=True))
+        return 0
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    with Outbox(path, cfg.outbox.max_events) as ob:
+        link = MqttLink(
+            cfg.mqtt,
+            cfg.device.id,
+            cfg.device.site,
+            ob,
+            client_id=f"facegate-{cfg.device.id}-drain",
+            announce_status=False,  # the kiosk process owns the retained status
+            persistent_session=False,
+        )
+        link.start()
+        try:
+            drained = link.drain(args.timeout)
+        finally:
+            link.stop()
+        print(json.dumps({**ob.status(), "drained": drained, "acked": link.stats.acked}))
+    return 0 if drained else 1
+
+
+# ---- publisher tool (python -m edge.mqtt ...) ----------------------------------------------
+
+
+def _keys(state_dir: Path, device: str) -> DeviceKeys:
+    if (keys_dir(state_dir) / "device-id").exists():
+        return load_keys(state_dir, device, credentials_dir=None)
+    try:
+        return init_keys(state_dir, device)
+    except KeyStoreError:  # another process created them meanwhile
+        return load_keys(state_dir, device, credentials_dir=None)
+
+
+def _last_seq(path: Path, device: str) -> int:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT last FROM seq WHERE device = ?", (device,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _burst(a: argparse.Namespace) -> int:
+    state = Path(a.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    keys = _keys(state, a.device)
+    print(json.dumps(public_keys(keys)), flush=True)
+    host, port, tls = parse_broker_url(a.broker)
+    mcfg = dataclasses.replace(
+        MqttConfig(),
+        host=host,
+        port=port,
+        tls=tls,
+        ca_file=a.ca_file or "",
+        cert_file=a.cert_file or "",
+        key_file=a.key_file or "",
+        max_inflight=a.max_inflight,
+    )
+    fields = BURST_FIELDS[a.type]
+    t0 = time.monotonic()
+    with Outbox(state / OUTBOX_FILE, max_events=10_000_000) as ob:
+        factory = EventFactory(a.device, a.site, keys.signing_key)
+        link = MqttLink(mcfg, a.device, a.site, ob)
+        link.start()
+        try:
+            created = _last_seq(state / OUTBOX_FILE, a.device)
+            while created < a.count:
+                created = ob.emit(factory, a.type, **fields).seq
+                if a.rate > 0:
+                    time.sleep(max(0.0, t0 + created / a.rate - time.monotonic()))
+            t_created = time.monotonic() - t0
+            drained = link.drain(max(0.0, a.timeout - (time.monotonic() - t0)))
+        finally:
+            link.stop()
+        elapsed = time.monotonic() - t0
+        print(
+            json.dumps(
+                {
+                    "created": created,
+                    "pending": ob.status()["pending"],
+                    "published_acked": link.stats.acked,
+                    "reconnects": max(0, link.stats.connects - 1),
+                    "create_s": round(t_created, 3),
+                    "elapsed_s": round(elapsed, 3),
+                    "drained": drained,
+                }
+            ),
+            flush=True,
+        )
+    return 0 if drained else 1
+
+
+def tool_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m edge.mqtt")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("publish-burst", help="create N signed events and publish them (tests)")
+    b.add_argument("--state-dir", required=True)
+    b.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    b.add_argument("--count", type=int, required=True)
+    b.add_argument("--device", default="kiosk-burst")
+    b.add_argument("--site", default="lab")
+    b.add_argument("--type", default="door.unlock", choices=sorted(BURST_FIELDS))
+    b.add_argument("--rate", type=float, default=0.0, help="events/s, 0 = as fast as possible")
+    b.add_argument("--timeout", type=float, default=120.0)
+    b.add_argument("--max-inflight", type=int, default=20)
+    b.add_argument("--ca-file")
+    b.add_argument("--cert-file")
+    b.add_argument("--key-file")
+    k = sub.add_parser("pubkey", help="print the device's signing public key (hex)")
+    k.add_argument("--state-dir", required=True)
+    k.add_argument("--device", default="kiosk-burst")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "pubkey":
+            keys = _keys(Path(a.state_dir), a.device)
+            print(public_keys(keys)["signing_public"])
+            return 0
+        return _burst(a)
+    except FacegateError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
