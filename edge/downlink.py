@@ -11,14 +11,16 @@ handler then crashes is not retried by replay - the backend issues a new one.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -183,3 +185,84 @@ def verify_command(
     if not guard.accept(device_id, seq):
         raise CommandError("replay", f"command seq {seq} is not newer than the last accepted")
     return Command(device_id, str(body["type"]), seq, float(ts), inner)
+
+
+# ---- standard handlers ----------------------------------------------------------------------
+
+
+class TemplateStoreLike(Protocol):
+    """The part of edge.templates.TemplateStore the command handlers use."""
+
+    def import_sealed(self, blob: bytes, backend_public: Ed25519PublicKey) -> Any: ...
+    def revoke(self, subject: str) -> Any: ...
+    def wipe(self) -> int: ...
+    def close(self) -> None: ...
+
+
+MAX_SYNC_TEMPLATES = 100
+
+
+def standard_handlers(
+    open_store: Callable[[], TemplateStoreLike],
+    backend_public: Ed25519PublicKey,
+    on_config_reload: Callable[[], None] | None = None,
+    on_wipe: Callable[[], None] | None = None,
+) -> dict[str, Callable[[Command], None]]:
+    """Handlers for the four command types; bodies:
+
+    - `templates.sync`:   {"templates": [<base64 of a sealed template (edge.sealing)>, ...]}
+    - `templates.revoke`: {"subjects": ["s-1", ...]}
+    - `config.reload`:    {}  -> on_config_reload()
+    - `wipe`:             {}  -> store.wipe(), then on_wipe()
+    The store is opened per command by `open_store()` because handlers run on the MQTT thread
+    and a TemplateStore connection belongs to the thread that opened it.
+    """
+
+    def strings(cmd: Command, key: str) -> list[str]:
+        items = cmd.body.get(key)
+        if (
+            not isinstance(items, list)
+            or not 0 < len(items) <= MAX_SYNC_TEMPLATES
+            or not all(isinstance(i, str) for i in items)
+        ):
+            raise CommandError("malformed", f"{cmd.type}: body needs {key!r}: a list of strings")
+        return items
+
+    def sync(cmd: Command) -> None:
+        blobs = [base64.b64decode(b, validate=True) for b in strings(cmd, "templates")]
+        store = open_store()
+        try:
+            for blob in blobs:
+                store.import_sealed(blob, backend_public)
+        finally:
+            store.close()
+
+    def revoke(cmd: Command) -> None:
+        subjects = strings(cmd, "subjects")
+        store = open_store()
+        try:
+            for subject in subjects:
+                store.revoke(subject)
+        finally:
+            store.close()
+
+    def reload(cmd: Command) -> None:
+        if on_config_reload is None:
+            raise CommandError("unknown_type", "config.reload is not supported by this process")
+        on_config_reload()
+
+    def wipe(cmd: Command) -> None:
+        store = open_store()
+        try:
+            store.wipe()
+        finally:
+            store.close()
+        if on_wipe is not None:
+            on_wipe()
+
+    return {
+        "templates.sync": sync,
+        "templates.revoke": revoke,
+        "config.reload": reload,
+        "wipe": wipe,
+    }

@@ -101,3 +101,60 @@ def _shared_guard(factory: pytest.TempPathFactory) -> ReplayGuard:
     if id(factory) not in _GUARDS:
         _GUARDS[id(factory)] = ReplayGuard(factory.mktemp("dl") / "downlink.db")
     return _GUARDS[id(factory)]
+
+
+def test_standard_handlers_sync_revoke_and_wipe_the_real_template_store(tmp_path: Path) -> None:
+    import base64
+    import time
+
+    import numpy as np
+
+    from edge.downlink import standard_handlers
+    from edge.keys import init_keys
+    from edge.sealing import seal_template
+    from edge.templates import open_store
+
+    keys = init_keys(tmp_path, "kiosk-1")
+    now = int(time.time())
+    sealed = [
+        seal_template(
+            BACKEND,
+            keys.sealing_key.public_key(),
+            "kiosk-1",
+            s,
+            1,
+            np.random.default_rng(i).normal(size=128),
+            now,
+            now + 3600,
+        )
+        for i, s in enumerate(["s-1", "s-2"])
+    ]
+    reloads: list[int] = []
+    handlers = standard_handlers(
+        lambda: open_store(tmp_path, "kiosk-1"),
+        BACKEND.public_key(),
+        on_config_reload=lambda: reloads.append(1),
+    )
+    guard = ReplayGuard(tmp_path / "downlink.db")
+
+    def deliver(type_: str, body: dict[str, object]) -> None:
+        cmd = verify_command(
+            sign_command(BACKEND, "kiosk-1", type_, body), BACKEND.public_key(), "kiosk-1", guard
+        )
+        handlers[cmd.type](cmd)
+        time.sleep(0.001)  # default seq is the signing time in microseconds
+
+    def states() -> dict[str, str]:
+        with open_store(tmp_path, "kiosk-1") as store:
+            return {t.subject: t.state for t in store.list_all()}
+
+    deliver("templates.sync", {"templates": [base64.b64encode(b).decode() for b in sealed]})
+    assert states() == {"s-1": "active", "s-2": "active"}
+    deliver("templates.revoke", {"subjects": ["s-1"]})
+    assert states() == {"s-1": "revoked", "s-2": "active"}
+    deliver("config.reload", {})
+    assert reloads == [1]
+    deliver("wipe", {})
+    assert "active" not in states().values()
+    with pytest.raises(CommandError):
+        deliver("templates.revoke", {"subjects": "s-2"})  # not a list: refused, nothing done
