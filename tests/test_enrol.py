@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import require_data
 
 from edge.camera.base import Frame
 from edge.config import Config
@@ -209,3 +210,84 @@ def test_no_face_at_all_is_refused() -> None:
     cap = run_capture([[] for _ in range(30)], Vision(unit(3)))
     with pytest.raises(EnrolmentRefused, match="no face seen"):
         cap.finish()
+
+
+# -- the real pipeline on recorded video (research data; needs the embedder model) ------------
+
+
+def _facegate(env: dict[str, str], *args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def enrolled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Any]:
+    """A device with `alice` enrolled from a live blinking video through `facegate enroll`."""
+    import importlib.util
+    import json
+    import os
+
+    video = require_data("liveness/videos/blink_portrait_24fps.mp4")
+    if (
+        importlib.util.find_spec("edge.vision.embed") is None
+        or not (CFG.models_dir / "face_embedding_int8.tflite").exists()
+    ):
+        pytest.skip("the embedder (edge/vision/embed.py and its model) has not landed yet")
+    state = tmp_path_factory.mktemp("state")
+    env = {**os.environ, "FACEGATE_STATE_DIR": str(state)}
+    for var in ("FACEGATE_CONFIG", "CREDENTIALS_DIRECTORY"):
+        env.pop(var, None)
+    assert _facegate(env, "keys", "init").returncode == 0
+    r = _facegate(env, "enroll", "alice", "--source", f"file:{video}", "--frames", "5")
+    assert r.returncode == 0, r.stderr
+    return env, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_enrol_from_a_live_blinking_video_stores_one_encrypted_template(
+    enrolled: tuple[dict[str, str], Any],
+) -> None:
+    env, out = enrolled
+    assert (out["subject"], out["version"], out["state"]) == ("alice", 1, "active")
+    assert out["frames"] == 5 and out["capture"]["blinks"] >= 1
+    assert out["min_agreement"] >= CFG.templates.enroll_min_agreement
+    assert "embedding" not in out
+
+
+def test_same_face_under_another_subject_is_refused_naming_the_first(
+    enrolled: tuple[dict[str, str], Any],
+) -> None:
+
+    env, _ = enrolled
+    video = require_data("liveness/videos/blink_portrait_24fps.mp4")
+    r = _facegate(env, "enroll", "bob", "--source", f"file:{video}", "--frames", "5")
+    assert r.returncode == 1
+    assert "already matches subject 'alice'" in r.stderr
+    listed = _facegate(env, "templates", "list").stdout
+    assert '"bob"' not in listed
+
+
+@pytest.mark.parametrize(
+    "relpath, reason",
+    [
+        ("liveness/stills/facerec_biden.jpg", "liveness not shown"),
+        ("liveness/videos/live_open_dim_30fps.mp4", "liveness not shown"),
+        ("liveness/videos/replay_phone_handheld_30fps.mp4", "liveness not shown"),
+    ],
+)
+def test_presentations_without_liveness_are_not_enrolled(
+    enrolled: tuple[dict[str, str], Any], relpath: str, reason: str
+) -> None:
+
+    env, _ = enrolled
+    r = _facegate(env, "enroll", "mallory", "--source", f"file:{require_data(relpath)}")
+    assert r.returncode == 1 and reason in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2  # the prompt line and one error line
