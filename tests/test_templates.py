@@ -6,10 +6,13 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.errors import TemplateError
 from edge.keys import DeviceKeys, init_keys
@@ -385,3 +388,41 @@ def test_wipe_of_a_damaged_database_still_destroys_it(state_dir: Path, keys: Dev
     path.write_bytes(path.read_bytes()[:3000] + os.urandom(100))
     wipe_files(path)
     assert not path.exists() or record[12:40] not in path.read_bytes()
+
+
+# -- property: whatever bytes end up in a record, it is refused and the others still verify ----
+
+
+@pytest.fixture(scope="module")
+def tamper_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    d = tmp_path_factory.mktemp("tamper")
+    keys = init_keys(d, "kiosk-1")
+    with TemplateStore(db_path(d), keys, clock=Clock()) as s:
+        s.enrol("victim", unit(1), validity_s=DAY)
+        s.enrol("bystander", unit(2), validity_s=DAY)
+        original = stored_records(db_path(d))["victim"]
+        yield s, d, original
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_change_to_a_stored_record_is_refused_and_isolated(
+    tamper_store: Any, data: st.DataObject
+) -> None:
+    store, d, original = tamper_store
+    replacement = data.draw(
+        st.one_of(
+            st.binary(max_size=700),
+            st.builds(
+                lambda i, x: original[:i] + bytes([original[i] ^ x]) + original[i + 1 :],
+                st.integers(0, len(original) - 1),
+                st.integers(1, 255),
+            ),
+            st.integers(0, len(original) - 1).map(lambda n: original[:n]),
+        )
+    )
+    with sqlite3.connect(db_path(d)) as db:
+        db.execute("UPDATE templates SET record = ? WHERE subject = 'victim'", (replacement,))
+    with pytest.raises(TemplateError, match="'victim'"):
+        store.reference("victim")
+    np.testing.assert_allclose(store.reference("bystander"), unit(2), atol=1e-6)
