@@ -8,8 +8,8 @@ import sys
 
 from edge.camera import open_source
 from edge.config import Config
-from edge.enrol import EnrolmentCapture, EnrolmentRefused, build_template, enrol_template
-from edge.errors import TemplateError
+from edge.enrol import EnrolmentCapture, build_template, enrol_template
+from edge.errors import FacegateError, TemplateError
 from edge.sealing import check_subject
 from edge.template_records import ACTIVE
 from edge.templates import open_store
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     subject = check_subject(args.subject)
     n_frames = args.frames if args.frames is not None else cfg.templates.enroll_frames
     if not 1 <= n_frames <= MAX_FRAMES:
-        raise EnrolmentRefused(f"--frames {n_frames}: must be between 1 and {MAX_FRAMES}")
+        raise FacegateError(f"--frames {n_frames}: must be between 1 and {MAX_FRAMES}")
     with open_store(cfg.state_dir, cfg.device.id) as store:
         # Check before the person stands in front of the camera, not after.
         existing = store.info(subject)
