@@ -10,7 +10,14 @@ import pytest
 from edge.errors import ModelError
 from edge.vision.detect import FaceDetector
 from edge.vision.landmarks import LandmarkModel
-from edge.vision.models import DETECTOR, LANDMARKER, MANIFEST, model_path, read_manifest, sha256_file
+from edge.vision.models import (
+    DETECTOR,
+    LANDMARKER,
+    MANIFEST,
+    model_path,
+    read_manifest,
+    sha256_file,
+)
 from edge.vision.runtime import load_interpreter, runtime_name
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
