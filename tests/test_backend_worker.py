@@ -145,3 +145,37 @@ def test_devices_cli_adds_lists_and_removes(tmp_path: Path) -> None:
     backend("devices", "remove", "kiosk-7", "--db", db)
     assert backend("devices", "remove", "kiosk-7", "--db", db, check=False).returncode == 1
     assert json.loads(backend("devices", "list", "--json", "--db", db).stdout) == []
+
+
+def test_a_worker_whose_ledger_fails_stops_without_acking_and_a_restart_books_the_event(
+    plain_broker: Broker, tmp_path: Path
+) -> None:
+    """Never acknowledge an event that is not booked: the broker keeps it for the session."""
+    from edge.backend.devices import KeyCache, add_device
+    from edge.backend.worker import BrokerUrl, EventHandler, Worker, WorkerOptions
+
+    db = tmp_path / "ledger.db"
+    f, pub = factory("kiosk-3", "site-3")
+    broken = Ledger(db)
+    add_device(broken, "kiosk-3", pub)
+    handler = EventHandler(broken, KeyCache(broken))
+    handler.keys.get("kiosk-3")  # cached, so only the booking itself hits the dead connection
+    broken.close()  # the database "goes away" under the worker
+    worker = Worker(handler, WorkerOptions(BrokerUrl.parse(plain_broker.url), client_id="w-db"))
+    worker.start()
+    c = _publisher(plain_broker)
+    try:
+        assert worker.subscribed.wait(10)
+        ev = door(f, 1)
+        _publish(c, ev.topic, ev.payload)
+        assert worker.fatal.wait(10), "a failing ledger must stop the worker"
+        assert worker.counts == {}  # nothing settled, nothing acknowledged
+    finally:
+        worker.stop()
+        c.disconnect()
+        c.loop_stop()
+    replacement = start_worker(plain_broker.url, str(db), "w-db", tmp_path / "w.log")
+    try:
+        wait_for(lambda: Ledger(db).count() == 1, 20, "the unacked event to be redelivered")
+    finally:
+        assert _stop(replacement) == 0

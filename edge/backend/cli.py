@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="", metavar="PATH|URL", help="default: SQLite in a tmp dir")
     p.add_argument("--events", type=int, default=5000)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rate", type=float, default=0.0, help="events/s created; 0 = flat out")
+    p.add_argument("--max-inflight", type=int, default=20, help="publisher's QoS 1 window")
     p.add_argument("--json", default="", metavar="OUT", help="also write the JSON here")
     return parser
 
@@ -165,7 +167,9 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edge.backend.bench import run_bench
 
-    result = run_bench(args.broker, args.db, args.events, args.workers)
+    result = run_bench(
+        args.broker, args.db, args.events, args.workers, args.rate, args.max_inflight
+    )
     text = json.dumps(result, sort_keys=True, indent=2)
     print(text)
     if args.json:
