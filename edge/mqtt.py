@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 86_400  # the broker keeps our cmd subscription (and queued commands) a day
 REFUSAL_AUDIT_EVERY_S = 10.0
 FAILED_RETRY_S = 5.0  # a PUBACK with a failure code: try that event again after this long
+STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the back-off
 POLL_S = 0.5  # look for rows enqueued by other processes at least this often
 CommandHandler = Callable[[Command], None]
 
@@ -108,6 +109,7 @@ class MqttLink:
         )
         self._announce, self._persistent = announce_status, persistent_session
         self._last_poll = 0.0
+        self._connected_at = -1e9
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng or random.Random())
         self.stats = LinkStats()
         self.connected = threading.Event()
@@ -195,6 +197,10 @@ class MqttLink:
                 self._goodbye()
                 return
             self.connected.clear()
+            # Reset the back-off only after a stable connection: a broker that accepts and then
+            # drops us at once (ACL, poison message) must not be hammered in a tight loop.
+            if time.monotonic() - self._connected_at >= STABLE_CONNECTION_S:
+                self._backoff.reset()
             self._stop.wait(self._backoff.next())
 
     def _goodbye(self) -> None:
@@ -276,7 +282,7 @@ class MqttLink:
             log.warning("broker refused the connection: %s", rc)
             return
         self.stats.connects += 1
-        self._backoff.reset()
+        self._connected_at = time.monotonic()
         self.connected.set()
         self._dirty = True
         if self._announce:

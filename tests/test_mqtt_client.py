@@ -342,3 +342,67 @@ def test_cli_outbox_status_and_drain(broker: Broker, tmp_path: Path) -> None:
     ok = facegate("drain", "--timeout", "10", port=broker.port)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(facegate("status", port=broker.port).stdout)["pending"] == 0
+
+
+def test_broker_that_refuses_our_events_keeps_them_queued_and_is_not_hammered(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic read facegate/#\n")  # anonymous clients may not publish events
+    b = start_mosquitto(tmp_path, extra_config=f"acl_file {acl}")
+    link = MqttLink(mqtt_cfg(b, reconnect_min_s=0.2, reconnect_max_s=1.0), DEVICE, SITE, outbox)
+    try:
+        outbox.emit(factory(), "door.unlock", **DOOR)
+        link.start()
+        time.sleep(2.0)
+    finally:
+        link.stop()
+        b.stop()
+    assert link.stats.connects >= 1 and link.stats.acked == 0
+    assert outbox.status()["pending"] == 1  # refused is not delivered: the event stays
+    # mosquitto drops the connection on each refused publish; back-off keeps growing, because
+    # none of those connections was stable (a reset on every CONNACK gave ~45 in 2 s).
+    assert link.stats.connects <= 8
+
+
+def test_publisher_sigkilled_at_random_points_delivers_every_seq_once_restarted(
+    broker: Broker, tmp_path: Path
+) -> None:
+    sub = Subscriber(broker, "facegate/v1/+/+/event/#", persistent=True)
+    n, rnd, kills = 400, random.Random(3), 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge.mqtt",
+        "publish-burst",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--broker",
+        broker.url,
+        "--count",
+        str(n),
+        "--rate",
+        "300",
+    ]
+    try:
+        while kills < 3:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            time.sleep(rnd.uniform(0.4, 1.0))
+            if proc.poll() is not None:
+                break
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout.splitlines()[-1])
+        missing, deadline = set(range(1, n + 1)), time.monotonic() + 10.0
+        seqs: list[int] = []
+        while missing and time.monotonic() < deadline:
+            seqs += [json.loads(p)["seq"] for _, p, _ in sub.take(100, timeout_s=0.5)]
+            missing -= set(seqs)
+    finally:
+        sub.close()
+    assert kills == 3, "the burst finished before it could be killed: raise n"
+    assert summary["created"] == n and summary["pending"] == 0
+    assert not missing and set(seqs) == set(range(1, n + 1))  # duplicates allowed, nothing extra
