@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _broker import Broker
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.backend.ledger import Ledger
 from edge.events import EventFactory, SignedEvent
 
 PG_BASE = os.environ.get("FACEGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -126,3 +131,113 @@ def wait_for(pred: Any, timeout_s: float, what: str, interval_s: float = 0.1) ->
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------- rigs
+
+PUBLISHER = [sys.executable, "-m", "edge.mqtt"]
+
+
+@dataclass
+class Rig:
+    """A broker, a ledger, a registered device and running backend workers."""
+
+    broker: Broker
+    db: str
+    state: Path
+    device: str
+    workers: dict[str, subprocess.Popen[bytes]]
+    tmp: Path
+
+    def tls_args(self, *, device: bool) -> list[str]:
+        if not self.broker.tls:
+            return []
+        device_flags = ("--ca-file", "--cert-file", "--key-file")
+        names = device_flags if device else ("--ca", "--cert", "--key")
+        out = [names[0], str(self.broker.ca_file)]
+        if self.broker.mtls:
+            out += [names[1], str(self.broker.client_cert), names[2], str(self.broker.client_key)]
+        return out
+
+    def start_worker(self, client_id: str) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{client_id}.log"
+        seen = log.read_text().count("subscribed to $share/") if log.exists() else 0
+        proc = start_worker(
+            self.broker.url, self.db, client_id, log, *self.tls_args(device=False)
+        )
+        wait_subscribed(log, proc, times=seen + 1)
+        self.workers[client_id] = proc
+        return proc
+
+    def publisher(self, count: int, *extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*PUBLISHER, "publish-burst", "--state-dir", str(self.state),
+             "--broker", self.broker.url, "--count", str(count), "--device", self.device,
+             *self.tls_args(device=True), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+
+    def publish(self, count: int, *extra: str, timeout_s: float = 60) -> dict[str, object]:
+        p = self.publisher(count, *extra)
+        out, err = p.communicate(timeout=timeout_s)
+        assert p.returncode == 0, err[-2000:]
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.db)
+
+    def wait_booked(self, n: int, timeout_s: float = 60) -> None:
+        def done() -> bool:
+            with self.ledger() as led:
+                return led.count() >= n
+
+        wait_for(done, timeout_s, f"{n} events in the ledger")
+
+    def stop_all(self) -> dict[str, int]:
+        codes = {}
+        for name, proc in self.workers.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            codes[name] = proc.wait(20)
+        return codes
+
+
+def make_rig(tmp: Path, broker: Broker, db: str, n_workers: int = 2) -> Rig:
+    state = tmp / "kiosk-state"
+    device = "kiosk-e2e"
+    pub = subprocess.run(
+        [*PUBLISHER, "pubkey", "--state-dir", str(state), "--device", device],
+        capture_output=True, text=True, check=True, cwd=REPO, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    backend("devices", "add", device, pub, "--db", db)
+    rig = Rig(broker, db, state, device, {}, tmp)
+    for i in range(n_workers):
+        rig.start_worker(f"backend-{i + 1}")
+    return rig
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path) -> Iterator[list[Rig]]:
+    rigs: list[Rig] = []
+    yield rigs
+    for r in rigs:
+        for proc in r.workers.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        r.broker.stop()
+
+
+def assert_exactly_once(rig: Rig, created: int) -> dict[str, int]:
+    """Ledger holds seq 1..created once each; returns created/booked/duplicates/lost."""
+    with rig.ledger() as led:
+        seqs = led.keys_by_device().get(rig.device, [])
+        redelivered = led.rejection_counts().get("duplicate", 0)
+        refused = {k: v for k, v in led.rejection_counts().items() if k != "duplicate"}
+    booked = len(seqs)
+    lost = len(set(range(1, created + 1)) - set(seqs))
+    assert refused == {}, refused
+    assert len(set(seqs)) == booked, "a device:seq was booked twice"
+    assert seqs == list(range(1, created + 1)), f"lost {lost}, booked {booked} of {created}"
+    return {"created": created, "booked": booked, "duplicates_booked": booked - len(set(seqs)),
+            "redeliveries_absorbed": redelivered, "lost": lost}  # fmt: skip
