@@ -183,7 +183,6 @@ class MqttLink:
                 else:
                     self._client.reconnect()
             except (OSError, ssl.SSLError) as exc:
-                first = first and not isinstance(exc, ssl.SSLError)
                 log.warning("mqtt connect to %s:%s failed: %s", self.cfg.host, self.cfg.port, exc)
                 self._stop.wait(self._backoff.next())
                 continue
