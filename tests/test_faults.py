@@ -112,3 +112,22 @@ def test_backend_worker_sigkilled_and_replaced_loses_and_doubles_nothing(
         _finish(rig, "worker_sigkill", {"killed": ["backend-2"], "killed_at_booked": target})
     finally:
         gen.close()
+
+
+def test_backend_worker_sigtermed_mid_burst_and_restarted_loses_and_doubles_nothing(
+    tmp_path: Path, rig_factory: list[Rig]
+) -> None:
+    """Graceful stop under load: deliveries that arrive while stopping stay unacked, not lost."""
+    rng = random.Random(SEED + 1)
+    rig = make_rig(tmp_path, start_mosquitto(tmp_path), str(tmp_path / "ledger.db"))
+    rig_factory.append(rig)
+    p = rig.publisher(BURST, "--rate", "300")
+    target = rng.randint(200, 700)
+    wait_for(lambda: _booked(rig) >= target, 60, f"{target} bookings before the stop")
+    victim = rig.workers["backend-1"]
+    victim.send_signal(signal.SIGTERM)
+    assert victim.wait(20) == 0, "SIGTERM must stop the worker cleanly (exit 0)"
+    rig.start_worker("backend-1")
+    wait_for(lambda: p.poll() is not None, 60, "the publisher to finish")
+    assert p.returncode == 0, p.stderr.read() if p.stderr else ""
+    _finish(rig, "worker_sigterm", {"stopped_at_booked": target})

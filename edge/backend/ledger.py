@@ -186,8 +186,10 @@ class Ledger:
 
     def book(self, b: Booking, now: float | None = None) -> Outcome:
         """Book an event once; identical redelivery → DUPLICATE, different content → REPLAY."""
-        booked_at = time.time() if now is None else now
         with self.transaction() as conn:
+            # Taken inside the transaction (SQLite: write lock held), so lock waits count as
+            # latency; the commit's fsync right after does not.
+            booked_at = time.time() if now is None else now
             cur = self.execute(
                 conn,
                 "INSERT INTO events(device, seq, site, type, ts, booked_at, amount, currency,"
