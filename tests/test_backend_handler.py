@@ -167,6 +167,27 @@ def test_fuzzed_messages_are_counted_and_rejected_without_stopping(
     assert h.ledger.count() == 0
 
 
+_STRANGER, _ = factory("kiosk-1", "bakery-1")  # same device name, key not registered
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seq=st.integers(1, 2**53 - 1),
+    amount=st.integers(0, 10**9),
+    currency=st.sampled_from(["EUR", "USD", "GBP"]),
+)
+def test_any_event_signed_with_an_unregistered_key_is_a_bad_signature(
+    tmp_path_factory: pytest.TempPathFactory, seq: int, amount: int, currency: str
+) -> None:
+    h = _fuzz_handler(tmp_path_factory)
+    forged = payment(_STRANGER, seq, amount=amount, currency=currency)
+    v = h.handle(forged.topic, forged.payload)
+    assert (v.outcome, v.reason) == (Outcome.REJECTED, "bad_signature")
+    genuine = payment(F, seq, amount=amount, currency=currency)
+    assert h.handle(genuine.topic, genuine.payload).outcome is Outcome.BOOKED
+    h.ledger.query("DELETE FROM events")
+
+
 def test_after_the_fuzz_the_same_handler_still_books_a_good_event(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
