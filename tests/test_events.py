@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge import canonical
 from edge.events import (
@@ -227,3 +229,50 @@ def test_topics_build_and_parse_strictly() -> None:
             parse_event_topic(bad)
     with pytest.raises(EventError):
         event_topic("s/1", "k", "fare.charge")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=600), _JSON.map(lambda v: json.dumps(v).encode())))
+def test_any_bytes_are_refused_with_an_event_error_never_a_crash(payload: bytes) -> None:
+    try:
+        verify_event(payload, _FUZZ_KEY.public_key())
+    except EventError as exc:
+        assert exc.reason in {
+            "too_large",
+            "json",
+            "non_canonical",
+            "schema",
+            "biometric",
+            "signature",
+        }
+    else:
+        raise AssertionError("random bytes verified as a signed event")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(EXAMPLES)), st.text(min_size=1, max_size=12), _JSON)
+def test_changing_or_adding_any_field_breaks_verification(
+    type_: str, name: str, value: Any
+) -> None:
+    ev = EventFactory("kiosk-1", "s", _FUZZ_KEY).build(type_, 7, **EXAMPLES[type_])
+    changed = {**ev.event, name: value}
+    if changed == ev.event:
+        return
+    try:
+        payload = canonical.dumps(changed)
+    except canonical.CanonicalError:
+        return  # not even encodable (NaN etc.)
+    with pytest.raises(EventError):
+        verify_event(payload, _FUZZ_KEY.public_key())
+
+
+_FUZZ_KEY = Ed25519PrivateKey.generate()
