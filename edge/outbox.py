@@ -18,6 +18,7 @@ locking serialises them.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -69,6 +70,9 @@ class Outbox:
     ) -> None:
         self.path, self.max_events, self._clock = Path(path), max_events, clock
         self._lock = threading.RLock()
+        # Events name pseudonymous subjects and amounts: owner-only, like the rest of the state
+        # (SQLite gives the -wal/-shm files the main file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT below.
         self._db = sqlite3.connect(
             str(path), isolation_level=None, timeout=30.0, check_same_thread=False

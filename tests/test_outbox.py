@@ -61,6 +61,7 @@ def test_emit_commits_signed_event_with_seq_in_the_same_transaction(tmp_path: Pa
         assert ob.peek(1)[0].topic == "facegate/v1/site-1/kiosk-1/event/payment.authorize"
     with sqlite3.connect(tmp_path / "outbox.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (tmp_path / "outbox.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_rows_leave_only_by_ack_and_seq_survives_reopen(tmp_path: Path) -> None:
