@@ -100,6 +100,7 @@ class ReplayGuard:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # owner-only state
         self._db = sqlite3.connect(
             str(path), isolation_level=None, timeout=30.0, check_same_thread=False
         )

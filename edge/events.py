@@ -236,6 +236,7 @@ class SqliteSeqStore:
     """Per-device counters in a SQLite file; each reservation is committed (FULL sync) first."""
 
     def __init__(self, path: Path) -> None:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # owner-only state
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
