@@ -94,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images", required=True, metavar="DIR")
     e.add_argument("--json", metavar="OUT", dest="json_out")
     e.add_argument("--plot", metavar="PNG")
-    e.add_argument("--limit", type=int, metavar="N", help="first N pairs only (smoke runs)")
+    e.add_argument("--limit", type=int, metavar="N", help="N pairs, half same, half different")
+    e.add_argument("--model", metavar="F", help="evaluate another embedder .tflite (no hash check)")
+    e.add_argument("--flip", action="store_true", help="average the embedding of the mirrored chip")
+    e.add_argument(
+        "--calibrate", action="store_true", help="derive thresholds from these (training) pairs"
+    )
     e.set_defaults(handler="eval_lfw")
     e = esub.add_parser("liveness", parents=[common])
     e.add_argument("--data", required=True, metavar="DIR")
