@@ -29,12 +29,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import MqttConfig
-from edge.downlink import Command, CommandError, ReplayGuard, parse_public_key, verify_command
+from edge.config import Config, MqttConfig
+from edge.downlink import (
+    DOWNLINK_FILE,
+    Command,
+    CommandError,
+    ReplayGuard,
+    parse_public_key,
+    verify_command,
+)
 from edge.errors import ConfigError
 from edge.events import EventError, EventFactory, cmd_topic, status_topic
 from edge.outbox import Outbox
@@ -339,6 +347,24 @@ class MqttLink:
             )
         except EventError:
             self.outbox.emit(self._factory, "console.audit", action=action, ok=ok)
+
+
+def link_for_kiosk(
+    cfg: Config,
+    signing_key: Ed25519PrivateKey,
+    outbox: Outbox,
+    handlers: Mapping[str, CommandHandler] | None = None,
+) -> MqttLink:
+    """The kiosk's link: status + LWT, audited downlink with the replay guard in the state dir."""
+    return MqttLink(
+        cfg.mqtt,
+        cfg.device.id,
+        cfg.device.site,
+        outbox,
+        factory=EventFactory(cfg.device.id, cfg.device.site, signing_key),
+        handlers=handlers,
+        guard=ReplayGuard(cfg.state_dir / DOWNLINK_FILE),
+    )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import MqttConfig
-from edge.downlink import Command, ReplayGuard, sign_command
+from edge.config import Config, DeviceConfig, MqttConfig
+from edge.downlink import Command, sign_command
 from edge.events import EventFactory, cmd_topic, status_topic, verify_event
-from edge.mqtt import Backoff, MqttLink
+from edge.mqtt import Backoff, MqttLink, link_for_kiosk
 from edge.outbox import Outbox
 
 DEVICE, SITE = "kiosk-7", "site-a"
@@ -263,19 +263,13 @@ def test_tls_connects_only_with_the_pinned_ca_and_mtls_needs_a_client_cert(tmp_p
 
 
 def test_signed_commands_are_dispatched_once_and_bad_ones_refused_and_audited(
-    broker: Broker, outbox: Outbox, tmp_path: Path
+    broker: Broker, outbox: Outbox, state_dir: Path
 ) -> None:
     seen: list[Command] = []
-    guard = ReplayGuard(tmp_path / "downlink.db")
-    link = MqttLink(
-        mqtt_cfg(broker),
-        DEVICE,
-        SITE,
-        outbox,
-        factory=factory(),
-        guard=guard,
-        handlers={"templates.revoke": seen.append},
+    cfg = dataclasses.replace(
+        Config(), mqtt=mqtt_cfg(broker), device=DeviceConfig(id=DEVICE, site=SITE)
     )
+    link = link_for_kiosk(cfg, KEY, outbox, handlers={"templates.revoke": seen.append})
     audits = Subscriber(broker, f"facegate/v1/{SITE}/{DEVICE}/event/console.audit")
     link.start()
     pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -302,6 +296,7 @@ def test_signed_commands_are_dispatched_once_and_bad_ones_refused_and_audited(
     assert got[1]["detail"].startswith("replay")
     # The forged one came within the audit rate limit: counted, not audited separately.
     assert link.stats.commands_refused == {"replay": 1, "signature": 1}
+    assert (state_dir / "downlink.db").exists()  # the replay guard lives in the state dir
 
 
 def test_reconnect_backoff_is_exponential_jittered_and_capped() -> None:
