@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import require_data
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.errors import DataError
 from edge.vision.detect import FaceDetector, ssd_anchors, weighted_nms
@@ -146,3 +148,51 @@ def test_odd_but_valid_images_give_faces_or_no_face(detector: FaceDetector) -> N
     huge = np.zeros((4000, 6000, 3), np.uint8)
     assert detector.detect(huge) == []
     assert detector.detect_tiled(np.zeros((2, 2, 3), np.uint8)) == []
+
+
+box_sets = st.lists(
+    st.tuples(
+        st.floats(0, 500),
+        st.floats(0, 500),
+        st.floats(1, 200),
+        st.floats(1, 200),
+        st.floats(0.01, 1.0),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(box_sets, st.floats(0.05, 0.95))
+@settings(max_examples=200, deadline=None)
+def test_weighted_nms_keeps_the_best_scores_in_order_and_never_invents_area(
+    raw: list[tuple[float, float, float, float, float]], iou: float
+) -> None:
+    arr = np.array([[x, y, x + w, y + h] for x, y, w, h, _ in raw], np.float32)
+    scores = np.array([s for *_, s in raw], np.float32)
+    kps = np.repeat(((arr[:, :2] + arr[:, 2:]) / 2)[:, None, :], 6, axis=1)
+    out = weighted_nms(arr, scores, kps, iou)
+    assert 1 <= len(out) <= len(raw)
+    assert out[0].score == pytest.approx(float(scores.max()))
+    assert [f.score for f in out] == sorted((f.score for f in out), reverse=True)
+    assert set(round(f.score, 5) for f in out) <= set(round(float(s), 5) for s in scores)
+    lo, hi = arr.min(0), arr.max(0)
+    for f in out:  # a weighted mean stays inside the span of the boxes it merges
+        assert lo[0] - 1e-3 <= f.x1 <= f.x2 <= hi[2] + 1e-3
+        assert lo[1] - 1e-3 <= f.y1 <= f.y2 <= hi[3] + 1e-3
+
+
+@given(
+    st.integers(1, 64),
+    st.integers(1, 64),
+    st.sampled_from([None, 1, 3, 4]),
+    st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=40, deadline=None)
+def test_any_small_uint8_image_gives_a_list_never_a_crash(
+    detector: FaceDetector, h: int, w: int, channels: int | None, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if channels is None else (h, w, channels)
+    faces = detector.detect(rng.integers(0, 256, shape, dtype=np.uint8))
+    assert isinstance(faces, list)
