@@ -1,0 +1,398 @@
+"""Blink liveness: eye aspect ratio, an adaptive blink detector and the challenge window.
+
+The detector works on frame *timestamps*, never on frame counts, so the same thresholds hold at
+10 fps and at 60 fps. The open-eye level is learnt per session (a robust running percentile of
+recent open-eye values), because eye shape, glasses and camera angle change the absolute eye
+aspect ratio far more than a fixed threshold tolerates.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.config import LivenessConfig
+
+# MediaPipe FaceMesh indices, in the 6-point EAR order p1..p6: p1/p4 the eye corners, p2/p6 and
+# p3/p5 upper/lower lid pairs. "Right" is the subject's right eye (image left).
+RIGHT_EYE = (33, 160, 158, 133, 153, 144)
+LEFT_EYE = (362, 385, 387, 263, 373, 380)
+
+# Baseline: the open level is this percentile of open-eye values seen in the last window; high
+# enough to ignore half-closed frames around a blink, low enough to ignore a single outlier.
+BASELINE_PERCENTILE = 80.0
+BASELINE_WINDOW_S = 2.0
+# No blink is reported before the baseline has this much history (time and frames).
+MIN_HISTORY_S = 0.2
+MIN_HISTORY_FRAMES = 3
+# Onset: the EAR must fall by MIN_DROP x baseline from its highest value in the last ONSET_S.
+ONSET_S = 0.2
+MIN_DROP = 0.08
+# ... and the closure starts on a frame that itself fell by MIN_STEP x baseline (the fall is
+# happening now, not a plateau reached earlier).
+MIN_STEP = 0.04
+# A closure ends once the EAR has recovered this share of the dip (from its lowest point back
+# to the level before the closure).
+REOPEN_RECOVERY = 0.5
+# The lowest EAR of a blink is at most this share of the level the eyes reopen to within POST_S.
+POST_DEPTH = 0.80
+POST_S = 0.15
+
+
+def eye_aspect_ratio(points: NDArray[np.float32], eye: tuple[int, ...]) -> float:
+    """EAR of one eye from (468, 2+) landmark points: lid opening over corner distance."""
+    p = np.asarray(points, dtype=np.float64)[list(eye), :2]
+    vertical = float(np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4]))
+    horizontal = float(np.linalg.norm(p[0] - p[3]))
+    return vertical / (2.0 * horizontal) if horizontal > 1e-6 else 0.0
+
+
+def eye_openness(points: NDArray[np.float32]) -> float:
+    """Mean EAR of both eyes from (468, 2+) FaceMesh points (a blink closes both)."""
+    return 0.5 * (eye_aspect_ratio(points, RIGHT_EYE) + eye_aspect_ratio(points, LEFT_EYE))
+
+
+@dataclass(frozen=True)
+class Blink:
+    """One blink: closure from `start_t` to `end_t` (s, frame timeline), frames inclusive."""
+
+    start_t: float
+    end_t: float
+    start_index: int
+    end_index: int
+    depth: float  # lowest EAR / baseline during the closure
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_t - self.start_t) * 1000.0
+
+
+class BlinkDetector:
+    """Online blink detector: feed one EAR per frame, get a `Blink` once the eyes have reopened.
+
+    A closure starts when the EAR falls below `closed_fraction` x baseline *fast* (by MIN_DROP x
+    baseline within ONSET_S: lids drop in ~100 ms, a glance down or a squint does not), ends when
+    the EAR has recovered REOPEN_RECOVERY of the dip, and counts as a blink when it lasted
+    `min_blink_ms`..`max_blink_ms` and its lowest point is at most POST_DEPTH of the level the
+    eyes reopen to (within POST_S): a change of expression (wide eyes relaxing) falls and stays.
+    Edges are placed half-way between the last open and the first closed frame (and back), so
+    the estimated duration does not depend on the frame rate.
+    """
+
+    def __init__(self, cfg: LivenessConfig) -> None:
+        self.closed_fraction = cfg.closed_fraction
+        self.min_s = cfg.min_blink_ms / 1000.0
+        self.max_s = cfg.max_blink_ms / 1000.0
+        self._history: deque[tuple[float, float]] = deque()  # open-eye (t, EAR), baseline
+        self._recent: deque[tuple[float, float]] = deque()  # every frame of the last ONSET_S
+        self._last_t: float | None = None
+        self._closure: list[tuple[float, int, float]] = []  # closed frames (t, index, EAR)
+        self._start_t = 0.0
+        self._pre_level = 0.0  # highest EAR just before the closure
+        self._reopen: tuple[float, float] | None = None  # (blink end t, reopen frame t)
+        self._post_level = 0.0
+
+    @property
+    def baseline(self) -> float | None:
+        """Current open-eye EAR level, or None while there is too little history."""
+        if len(self._history) < MIN_HISTORY_FRAMES:
+            return None
+        if self._history[-1][0] - self._history[0][0] < MIN_HISTORY_S:
+            return None
+        return float(np.percentile([v for _, v in self._history], BASELINE_PERCENTILE))
+
+    @property
+    def closed(self) -> bool:
+        """True while a closure is in progress or waiting for its reopening to be confirmed."""
+        return bool(self._closure)
+
+    def reset(self) -> None:
+        """Forget everything (face lost: the next face may be someone else)."""
+        self._history.clear()
+        self.gap()
+
+    def gap(self) -> None:
+        """A frame without landmarks: abandon a closure in progress (it cannot be verified)."""
+        self._closure, self._reopen, self._last_t = [], None, None
+        self._recent.clear()
+
+    def update(self, t: float, ear: float, index: int) -> Blink | None:
+        """Feed the EAR of the frame at time `t` (s); returns a blink when one is confirmed."""
+        base = self.baseline
+        prev_t, self._last_t = self._last_t, t
+        recent = [e for tt, e in self._recent if t - tt <= ONSET_S]
+        self._recent.append((t, ear))
+        while self._recent and t - self._recent[0][0] > ONSET_S:
+            self._recent.popleft()
+        if base is None or prev_t is None or not recent:
+            self._add_open(t, ear)
+            return None
+        if self._reopen is not None:
+            return self._confirm(t, ear)
+        step = (recent[-1] - ear) / base  # fall since the previous frame
+        if not self._closure:
+            if (
+                ear < self.closed_fraction * base
+                and (max(recent) - ear) / base >= MIN_DROP
+                and step >= MIN_STEP
+            ):
+                self._start(t, prev_t, index, ear, max(recent))
+            else:
+                self._add_open(t, ear)
+            return None
+        # A fresh fast fall after a partial reopening inside a closure (a blink while looking
+        # down) starts a new closure; the earlier part becomes open-level history.
+        lowest = min(range(len(self._closure)), key=lambda k: self._closure[k][2])
+        inside = [e for ct, _, e in self._closure[lowest + 1 :] if t - ct <= ONSET_S]
+        if (
+            inside
+            and (max(inside) - self._closure[lowest][2]) / base >= MIN_STEP
+            and step >= MIN_STEP
+            and (max(inside) - ear) / base >= MIN_DROP
+        ):
+            self._abandon()
+            self._start(t, prev_t, index, ear, max(inside))
+            return None
+        low = min(ear, min(e for _, _, e in self._closure))
+        if ear < low + REOPEN_RECOVERY * (self._pre_level - low):
+            self._closure.append((t, index, ear))
+            if t - self._start_t > self.max_s:
+                self._abandon()
+            return None
+        end_t = 0.5 * (self._closure[-1][0] + t)
+        if not (self.min_s <= end_t - self._start_t <= self.max_s):
+            self._abandon()
+            self._add_open(t, ear)
+            return None
+        self._reopen, self._post_level = (end_t, t), ear
+        return self._confirm(t, ear)
+
+    def _start(self, t: float, prev_t: float, index: int, ear: float, pre_level: float) -> None:
+        self._closure = [(t, index, ear)]
+        self._start_t = 0.5 * (prev_t + t)
+        self._pre_level = pre_level
+
+    def _confirm(self, t: float, ear: float) -> Blink | None:
+        assert self._reopen is not None
+        end_t, reopen_t = self._reopen
+        self._post_level = max(self._post_level, ear)
+        self._add_open(t, ear)
+        low = min(e for _, _, e in self._closure)
+        if low <= POST_DEPTH * self._post_level:
+            base = self.baseline or self._post_level
+            blink = Blink(
+                start_t=self._start_t,
+                end_t=end_t,
+                start_index=self._closure[0][1],
+                end_index=self._closure[-1][1],
+                depth=low / base,
+            )
+            self._closure, self._reopen = [], None
+            return blink
+        if t - reopen_t >= POST_S:
+            self._closure, self._reopen = [], None
+        return None
+
+    def _abandon(self) -> None:
+        # Eyes kept low (looking down, squinting) or a too-short flicker: not a blink. The
+        # frames become open-level history so the baseline follows a lasting change.
+        for ct, _, ce in self._closure:
+            self._add_open(ct, ce)
+        self._closure, self._reopen = [], None
+
+    def _add_open(self, t: float, ear: float) -> None:
+        self._history.append((t, ear))
+        while self._history and t - self._history[0][0] > BASELINE_WINDOW_S:
+            self._history.popleft()
+
+
+def detect_blinks(
+    times: NDArray[np.float64] | list[float],
+    ears: list[float | None],
+    cfg: LivenessConfig,
+    indices: list[int] | None = None,
+) -> list[Blink]:
+    """Run a fresh detector over a whole sequence (None = frame without landmarks)."""
+    det = BlinkDetector(cfg)
+    out: list[Blink] = []
+    for k, (t, ear) in enumerate(zip(times, ears, strict=True)):
+        if ear is None:
+            det.gap()
+            continue
+        blink = det.update(float(t), ear, indices[k] if indices is not None else k)
+        if blink is not None:
+            out.append(blink)
+    return out
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """The "blink now" prompt: shown at `prompt_t`; blinks starting in the window count."""
+
+    prompt_t: float
+    window_end_t: float
+    blinks_required: int
+
+    def counts(self, blink: Blink) -> bool:
+        """True when the blink started inside the response window (after the prompt)."""
+        return self.prompt_t <= blink.start_t <= self.window_end_t
+
+    @property
+    def text(self) -> str:
+        return "blink now" if self.blinks_required == 1 else f"blink {self.blinks_required} times"
+
+
+def schedule_challenge(acquired_t: float, cfg: LivenessConfig, rng: random.Random) -> Challenge:
+    """Place the prompt a random delay after acquisition, so a recording cannot anticipate it."""
+    delay = rng.uniform(cfg.prompt_delay_min_s, cfg.prompt_delay_max_s)
+    return challenge_at(acquired_t + delay, cfg)
+
+
+def challenge_at(prompt_t: float, cfg: LivenessConfig) -> Challenge:
+    """A challenge whose prompt is shown at `prompt_t` (s)."""
+    return Challenge(prompt_t, prompt_t + cfg.response_window_s, cfg.blinks_required)
+
+
+def interocular_px(points: NDArray[np.float32]) -> float:
+    """Distance between the two eye centres in pixels, from (468, 2+) points."""
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    return float(np.linalg.norm(p[list(RIGHT_EYE)].mean(0) - p[list(LEFT_EYE)].mean(0)))
+
+
+def nonrigid_motion(before: NDArray[np.float32], after: NDArray[np.float32]) -> float:
+    """Landmark motion a 2-D similarity transform cannot explain, in px at 100 px interocular.
+
+    A photo moved by hand (shift, rotation, scale) moves every landmark by one similarity
+    transform, so the residual stays at the landmark model's noise floor; a live face also
+    moves its lids, lips and (turning in 3-D) its parallax, which no similarity explains.
+    The fit is the closed-form complex least squares z' = a z + b (a = scale * rotation).
+    """
+    a = np.asarray(before, dtype=np.float64)[:, :2]
+    b = np.asarray(after, dtype=np.float64)[:, :2]
+    za = (a[:, 0] - a[:, 0].mean()) + 1j * (a[:, 1] - a[:, 1].mean())
+    zb = (b[:, 0] - b[:, 0].mean()) + 1j * (b[:, 1] - b[:, 1].mean())
+    denom = float(np.vdot(za, za).real)
+    if denom <= 1e-9:
+        return 0.0
+    scale_rot = np.vdot(za, zb) / denom
+    residual = zb - scale_rot * za
+    rms = float(np.sqrt(np.mean(np.abs(residual) ** 2)))
+    iod = interocular_px(after)
+    return 100.0 * rms / iod if iod > 1e-6 else 0.0
+
+
+class MotionMonitor:
+    """Flags a presentation whose landmarks show no non-rigid motion for `window_s` seconds.
+
+    Each frame is compared with an anchor frame; any frame moving more than `threshold` (see
+    `nonrigid_motion`) re-anchors. Static = the anchor has held for the whole window. Comparing
+    against an anchor (not the previous frame) lets slow live motion accumulate, so the rule does
+    not depend on the frame rate, while a photo's landmark noise does not accumulate.
+    """
+
+    def __init__(self, window_s: float, threshold: float) -> None:
+        self.window_s = window_s
+        self.threshold = threshold
+        self._anchor: tuple[float, NDArray[np.float32]] | None = None
+        self.last_motion = 0.0
+
+    def reset(self) -> None:
+        self._anchor = None
+
+    def update(self, t: float, points: NDArray[np.float32]) -> None:
+        """Feed the landmarks of the frame at `t` (s)."""
+        if self._anchor is None:
+            self._anchor = (t, points)
+            return
+        self.last_motion = nonrigid_motion(self._anchor[1], points)
+        if self.last_motion > self.threshold:
+            self._anchor = (t, points)
+
+    def static_since(self, t: float) -> float:
+        """Seconds for which the presentation has been static at time `t` (0 when unknown)."""
+        return 0.0 if self._anchor is None else t - self._anchor[0]
+
+    def is_static(self, t: float) -> bool:
+        return self._anchor is not None and t - self._anchor[0] >= self.window_s
+
+
+# Track continuity: a face may go undetected this long (blur, a detector miss) without the
+# session assuming someone else stepped in; longer and the track is lost.
+MAX_GAP_S = 0.25
+# Largest plausible change of box size between two frames of one track (a factor).
+MAX_SCALE_STEP = 1.3
+
+
+class FaceBoxLike(Protocol):
+    """Anything with box corners in pixels (edge.vision.types.FaceBox)."""
+
+    @property
+    def x1(self) -> float: ...
+    @property
+    def y1(self) -> float: ...
+    @property
+    def x2(self) -> float: ...
+    @property
+    def y2(self) -> float: ...
+
+
+class ContinuityMonitor:
+    """One face track from acquisition to decision; a swap or a second face fails closed.
+
+    `update` returns the tracked box for the frame (None when missing) and, on a violation,
+    the reason `face_changed`.
+    """
+
+    def __init__(self, min_iou: float, min_face_px: float) -> None:
+        self.min_iou = min_iou
+        self.min_face_px = min_face_px
+        self._last: tuple[float, FaceBoxLike] | None = None
+
+    def update(
+        self, t: float, boxes: list[FaceBoxLike]
+    ) -> tuple[int | None, str | None]:
+        """Index into `boxes` of the tracked face (or None) and a violation reason (or None)."""
+        big = [i for i, b in enumerate(boxes) if _size(b) >= self.min_face_px]
+        if self._last is None:
+            if not boxes:
+                return None, None
+            first = max(range(len(boxes)), key=lambda i: _size(boxes[i]))
+            self._last = (t, boxes[first])
+            if len([i for i in big if i != first]) > 0:
+                return first, "face_changed"
+            return first, None
+        last_t, last_box = self._last
+        if not boxes:
+            return None, ("face_changed" if t - last_t > MAX_GAP_S else None)
+        if t - last_t > MAX_GAP_S:
+            return None, "face_changed"
+        best = max(range(len(boxes)), key=lambda i: _iou(boxes[i], last_box))
+        box = boxes[best]
+        self._last = (t, box)
+        if any(i != best for i in big):
+            return best, "face_changed"
+        if _iou(box, last_box) < self.min_iou:
+            return best, "face_changed"
+        step = _size(box) / max(_size(last_box), 1e-6)
+        if step > MAX_SCALE_STEP or step < 1.0 / MAX_SCALE_STEP:
+            return best, "face_changed"
+        return best, None
+
+
+
+
+def _size(b: FaceBoxLike) -> float:
+    return max(b.x2 - b.x1, b.y2 - b.y1)
+
+
+def _iou(a: FaceBoxLike, b: FaceBoxLike) -> float:
+    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = ix * iy
+    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
+    return inter / union if union > 0 else 0.0
