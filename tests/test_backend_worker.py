@@ -179,3 +179,18 @@ def test_a_worker_whose_ledger_fails_stops_without_acking_and_a_restart_books_th
         wait_for(lambda: Ledger(db).count() == 1, 20, "the unacked event to be redelivered")
     finally:
         assert _stop(replacement) == 0
+
+
+@pytest.mark.parametrize("mode", [[], ["--backend-only"]], ids=["outbox_to_ledger", "backend_only"])
+def test_bench_command_reports_figures_for_events_booked_exactly_once(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    r = backend("bench", "--events", "120", "--workers", "2", "--json", str(out), *mode)
+    result = json.loads(out.read_text())
+    assert json.loads(r.stdout) == result
+    assert (result["events"], result["booked"], result["lost"]) == (120, 120, 0)
+    assert result["duplicates_booked"] == 0 and result["workers"] == 2
+    lat = result["latency_ms"]
+    assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert result["events_per_s"] > 0

@@ -90,8 +90,14 @@ def run_bench(
     rate: float = 0.0,
     max_inflight: int = 20,
     timeout_s: float = 300.0,
+    backend_only: bool = False,
 ) -> dict[str, Any]:
-    """Run one measurement and return its JSON-able result (see module doc)."""
+    """Run one measurement and return its JSON-able result (see module doc).
+
+    `backend_only`: the workers are stopped while the kiosk publishes everything (the broker
+    queues it in their sessions), then restarted; `events_per_s` is then the backend's own
+    drain rate (first to last booking), without the kiosk's outbox in the way.
+    """
     if n_events < 1 or n_workers < 1:
         raise BenchError("--events and --workers must be ≥ 1")
     tmp = Path(tempfile.mkdtemp(prefix="facegate-bench-"))
@@ -111,15 +117,26 @@ def run_bench(
         with Ledger(db) as led:
             add_device(led, device, pub)
         logs = [tmp / f"worker-{i}.log" for i in range(n_workers)]
-        for i, log in enumerate(logs):
-            with log.open("wb") as out:
-                procs.append(subprocess.Popen(
-                    [PY, "-m", "edge.backend.cli", "run", "--broker", broker_url, "--db", db,
-                     "--client-id", f"bench-{tag}-w{i}", "--session-expiry", "60"],
-                    stdout=out, stderr=subprocess.STDOUT,
-                ))  # fmt: skip
-        for log in logs:
-            _wait(lambda log=log: "subscribed to $share/" in log.read_text(), 30, f"{log.name}")
+
+        def start_workers(times: int) -> None:
+            for i, log in enumerate(logs):
+                with log.open("ab") as out:
+                    procs.append(subprocess.Popen(
+                        [PY, "-m", "edge.backend.cli", "run", "--broker", broker_url,
+                         "--db", db, "--client-id", f"bench-{tag}-w{i}",
+                         "--session-expiry", str(int(timeout_s) + 60)],
+                        stdout=out, stderr=subprocess.STDOUT,
+                    ))  # fmt: skip
+            for log in logs:
+                _wait(lambda log=log: log.read_text().count("subscribed to $share/") >= times,
+                      30, f"{log.name}")  # fmt: skip
+
+        start_workers(1)
+        if backend_only:  # keep the sessions, stop the processes: the broker queues for them
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+                p.wait(20)
+            procs.clear()
         load_before = os.getloadavg()[0]
         t0 = time.time()
         publisher = subprocess.run(
@@ -132,6 +149,8 @@ def run_bench(
         if publisher.returncode != 0:
             raise BenchError(f"publisher failed: {publisher.stderr.strip()[-300:]} (logs: {tmp})")
         pub_result = json.loads(publisher.stdout.strip().splitlines()[-1])
+        if backend_only:
+            start_workers(2)
 
         def rows() -> list[tuple[Any, ...]]:
             with Ledger(db) as led:
@@ -159,7 +178,9 @@ def run_bench(
     seqs = [int(r[0]) for r in booked]
     lat_ms = sorted((float(r[2]) - float(r[1])) * 1000.0 for r in booked)
     first_created = min(float(r[1]) for r in booked)
+    first_booked = min(float(r[2]) for r in booked)
     last_booked = max(float(r[2]) for r in booked)
+    span_s = last_booked - (first_booked if backend_only else first_created)
     result: dict[str, Any] = {
         "events": n_events,
         "workers": n_workers,
@@ -167,7 +188,8 @@ def run_bench(
         "publisher_max_inflight": max_inflight,
         "ledger": "postgresql" if is_postgres_url(db) else "sqlite",
         "broker": broker_url if broker_proc is None else "private mosquitto",
-        "events_per_s": round(n_events / max(1e-9, last_booked - first_created), 1),
+        "mode": "backend_only" if backend_only else "outbox_to_ledger",
+        "events_per_s": round(n_events / max(1e-9, span_s), 1),
         "create_events_per_s": round(n_events / max(1e-9, float(pub_result["create_s"])), 1),
         "wall_s": round(last_booked - t0, 3),
         "latency_ms": {
