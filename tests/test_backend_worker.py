@@ -134,6 +134,9 @@ def test_mqtts_without_ca_and_bad_urls_are_one_line_usage_errors(tmp_path: Path)
     assert r.returncode == 2 and "mqtt://" in r.stderr
     r = backend("devices", "add", "k", "nothex", "--db", db, check=False)
     assert r.returncode == 2 and "64 hex" in r.stderr
+    r = backend("ledger", "--db", str(tmp_path / "missing.db"), check=False)
+    assert r.returncode == 2 and "no ledger at" in r.stderr
+    assert not (tmp_path / "missing.db").exists()
 
 
 def test_devices_cli_adds_lists_and_removes(tmp_path: Path) -> None:

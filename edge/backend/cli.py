@@ -135,8 +135,10 @@ def _print_totals(t: dict[str, Any]) -> None:
 
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
-    from edge.backend.ledger import Ledger
+    from edge.backend.ledger import Ledger, LedgerError, is_postgres_url
 
+    if not is_postgres_url(args.db) and not os.path.exists(args.db):
+        raise LedgerError(f"no ledger at {args.db}; pass --db PATH|URL of the workers' ledger")
     with Ledger(args.db) as ledger:
         totals = ledger.totals()
     if args.json:
