@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run the kiosk loop")
     p.add_argument("--source", metavar="URI", help="camera source URI (overrides config)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--claim", metavar="'SUBJECT [AMOUNT] [REF]'",
+                   help="use this claim for every session")
+    p.add_argument("--claims-from", metavar="PATH",
+                   help="read claim lines 'SUBJECT [AMOUNT] [REF]' from a file/FIFO ('-': stdin)")
     p.set_defaults(handler="run")
 
     p = sub.add_parser("enroll", parents=[common], help="enrol a subject on this device")

@@ -1,28 +1,77 @@
-"""The kiosk main loop: frames in, prompts out, systemd kept informed.
+"""The kiosk main loop: frames -> faces -> claim -> verification session -> event -> actuator.
 
-This first version drives the camera and vision stages and tells the person in front of the
-kiosk what to do; verification sessions, events and the actuator are wired in as those parts
-land (see the issues).
+Order on a decision is the contract of DESIGN §5: the signed event is committed to the outbox
+(SQLite, synchronous=FULL) before the display shows the result and before the relay moves; if
+the event cannot be stored the kiosk fails closed (no door, no payment) and offers the non-face
+alternative. The MQTT link publishes the outbox on its own thread, so a broker outage never
+stalls the camera loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.actuators import Actuator, NoActuator
 from edge.camera import Source
+from edge.camera.base import Frame
+from edge.claims import Claim, ClaimSource
 from edge.config import Config
+from edge.errors import FacegateError
+from edge.events import EventFactory
+from edge.lockout import LockoutStore
+from edge.outbox import Outbox
+from edge.presence import PresenceStore
+from edge.profiles import CLAIM_PROMPTS, event_for
 from edge.sdnotify import Notifier
+from edge.session import Decision, VerificationSession
 
 log = logging.getLogger(__name__)
 
 Display = Callable[[str], None]
+Embedding = NDArray[np.float32]
+COOLDOWN_NO_FACE_S = 1.0  # after a decision, wait for the person to step away this long
+WELFARE_CHECK_EVERY_S = 3600.0
+
+
+class ReferenceStore(Protocol):
+    """The part of TemplateStore the kiosk needs: decrypt references for some subjects."""
+
+    def references(
+        self, subjects: list[str] | None = None
+    ) -> tuple[dict[str, Embedding], dict[str, Any]]: ...
+
+
+class Vision(Protocol):
+    def observe(self, image: Any) -> list[Any]: ...
+    def quality(self, image: Any, obs: Any) -> Any: ...
+    def embed(self, image: Any, landmarks: Any) -> Embedding: ...
+
+
+class _CapturingVision:
+    """Passes through to the pipeline, keeping the last embedding in memory (1:few identity)."""
+
+    def __init__(self, vision: Vision) -> None:
+        self.vision = vision
+        self.last: Embedding | None = None
+
+    def quality(self, frame: Frame, obs: Any) -> Any:
+        return self.vision.quality(frame, obs)
+
+    def embed(self, frame: Frame, landmarks: Any) -> Embedding | None:
+        self.last = self.vision.embed(frame, landmarks)
+        return self.last
 
 
 @dataclass
@@ -30,33 +79,59 @@ class KioskStats:
     frames: int = 0
     frames_with_face: int = 0
     prompts: list[str] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # "type:seq"
     elapsed_s: float = 0.0
 
 
+@dataclass
+class _Active:
+    claim: Claim
+    session: VerificationSession
+    vision: _CapturingVision
+    refs: dict[str, Embedding]
+
+
 class Kiosk:
-    """Runs the loop over one `Source`; `pipeline` is the vision pipeline (None: camera only)."""
+    """Runs the loop over one `Source` for the configured profile."""
 
     def __init__(
         self,
         cfg: Config,
         source: Source,
         *,
-        pipeline: Any | None,
+        vision: Vision | None,
         display: Display,
+        claims: ClaimSource | None = None,
+        store: ReferenceStore | None = None,
+        outbox: Outbox | None = None,
+        factory: EventFactory | None = None,
+        actuator: Actuator | None = None,
+        lockout: LockoutStore | None = None,
+        presence: PresenceStore | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.source = source
-        self.pipeline = pipeline
-        self.display = display
+        self.cfg, self.source, self.vision, self.display = cfg, source, vision, display
+        self.claims, self.store = claims, store
+        self.outbox, self.factory = outbox, factory
+        self.actuator = actuator or NoActuator()
+        self.lockout, self.presence = lockout, presence
         self.notifier = notifier or Notifier()
         self.clock = clock
+        self.rng = rng
         self.stop_event = threading.Event()
         self._last_prompt = ""
+        self._active: _Active | None = None
+        self._cooldown_until_absent = False
+        self._absent_since: float | None = None
+        self._last_welfare = -1e18
+
+    # ---- plumbing --------------------------------------------------------------------------
 
     def _prompt(self, text: str, stats: KioskStats) -> None:
-        if text != self._last_prompt:
+        if text and text != self._last_prompt:
             self._last_prompt = text
             stats.prompts.append(text)
             self.display(text)
@@ -64,33 +139,187 @@ class Kiosk:
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.stop_event.set()
 
+    def _emit(self, type_: str, fields: dict[str, Any], stats: KioskStats) -> bool:
+        """Commit one signed event; False (fail closed) if it cannot be stored."""
+        if self.outbox is None or self.factory is None:
+            return True  # no event pipeline configured (camera-only run)
+        try:
+            event = self.outbox.emit(self.factory, type_, **fields)
+        except (FacegateError, OSError) as exc:
+            log.error("event %s not stored: %s", type_, exc)
+            return False
+        stats.events.append(f"{type_}:{event.seq}")
+        return True
+
+    # ---- sessions --------------------------------------------------------------------------
+
+    def _household(self) -> list[str]:
+        return list(self.cfg.smart_lock.household)
+
+    def _next_claim(self) -> Claim | None:
+        if self.cfg.profile == "smart_lock":
+            return Claim(self.cfg.smart_lock.door, None, self.cfg.smart_lock.door, "household")
+        return self.claims.poll() if self.claims is not None else None
+
+    def _references(self, claim: Claim) -> tuple[dict[str, Embedding], str | None]:
+        """Decrypted references for a claim (in memory only), or a refusal reason."""
+        if claim.method == "liveness":
+            return {}, None  # demo: liveness only, no identity comparison
+        if self.store is None:
+            return {}, "no_template"
+        subjects = None if claim.method == "household" else [claim.subject]
+        if claim.method == "household" and self._household():
+            subjects = self._household()
+        try:
+            refs, refused = self.store.references(subjects)
+        except FacegateError as exc:
+            log.error("template store: %s", exc)
+            return {}, "template_error"
+        if refused:
+            for subject, problem in refused.items():
+                log.warning("template for %s refused: %s", subject, problem)
+        if not refs:
+            return {}, "no_template"
+        return refs, None
+
+    def _start(self, frame: Frame, stats: KioskStats) -> None:
+        claim = self._next_claim()
+        if claim is None:
+            self._prompt(CLAIM_PROMPTS.get(self.cfg.profile, "Please look at the camera"), stats)
+            return
+        refs, refusal = self._references(claim)
+        t = frame.t_monotonic
+        if refusal is not None:
+            decision = Decision(claim.subject, False, refusal, None, 0, None, False)
+            self._decide(claim, decision, {}, None, stats, faces_in_view=1)
+            return
+        vision = _CapturingVision(self.vision)  # type: ignore[arg-type]
+        session = VerificationSession(self.cfg, vision, lockout=self.lockout, rng=self.rng)
+        session.wait_for_claim(t)
+        references = None if claim.method == "liveness" else list(refs.values())
+        early = session.claim(
+            claim.subject, references, t, claim_id=claim.subject, amount=claim.amount
+        )
+        if early is not None:
+            self._decide(claim, early, refs, None, stats, faces_in_view=1)
+            return
+        self._active = _Active(claim, session, vision, refs)
+
+    def _decide(
+        self,
+        claim: Claim,
+        decision: Decision,
+        refs: dict[str, Embedding],
+        probe: Embedding | None,
+        stats: KioskStats,
+        *,
+        faces_in_view: int,
+    ) -> None:
+        if decision.accepted and claim.method == "household" and probe is not None and refs:
+            tenant = max(refs, key=lambda s: float(np.dot(refs[s], probe)))
+            decision = dataclasses.replace(decision, subject=tenant)
+            if self.presence is not None:
+                self.presence.seen(tenant)
+        unknown = max(1, faces_in_view) if decision.reason == "mismatch" else 0
+        event = event_for(self.cfg, claim, decision, unknown_faces=unknown)
+        stored = event is None or self._emit(event[0], event[1], stats)
+        summary = decision.to_dict()
+        summary["event"] = event[0] if event else None
+        summary["stored"] = stored
+        stats.decisions.append(summary)
+        # Whatever happened, the next session waits until this person has stepped away.
+        self._cooldown_until_absent = True
+        self._absent_since = None
+        if not stored:
+            self._prompt("Service unavailable - please pay or open with PIN or card", stats)
+            return
+        if decision.accepted:
+            self._prompt("Verified - thank you", stats)
+            self.actuator.pulse()
+        elif decision.reason == "locked_out":
+            self._prompt(
+                f"Too many attempts - try again in {decision.lockout_s:.0f} s or use PIN/card",
+                stats,
+            )
+        else:
+            self._prompt("Not verified - please use PIN or card, or try again", stats)
+
+    def _welfare(self, t: float, stats: KioskStats) -> None:
+        if self.cfg.profile != "smart_lock" or self.presence is None:
+            return
+        if t - self._last_welfare < WELFARE_CHECK_EVERY_S:
+            return
+        self._last_welfare = t
+        sl = self.cfg.smart_lock
+        self.presence.register(self._household())
+        for subject, days, last in self.presence.due(self._household(), sl.welfare_days):
+            self._emit("welfare.alert", {"subject": subject, "household": sl.door,
+                                         "days_unseen": days, "last_seen_ts": last,
+                                         "door": sl.door}, stats)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame, faces: Sequence[Any], stats: KioskStats) -> None:
+        t = frame.t_monotonic
+        if self._active is not None:
+            active = self._active
+            decision = active.session.step(frame, faces)
+            if active.session.prompt:
+                self._prompt(active.session.prompt, stats)
+            if decision is not None:
+                self._active = None
+                self._decide(active.claim, decision, active.refs, active.vision.last, stats,
+                             faces_in_view=len(faces))
+            return
+        if self._cooldown_until_absent:
+            if faces:
+                self._absent_since = None
+                return
+            self._absent_since = t if self._absent_since is None else self._absent_since
+            if t - self._absent_since < COOLDOWN_NO_FACE_S:
+                return
+            self._cooldown_until_absent = False
+        if not faces:
+            self._prompt("Please look at the camera", stats)
+        elif len(faces) > 1:
+            self._prompt("One person at a time, please", stats)
+        else:
+            self._start(frame, stats)
+
     def run(self, max_frames: int | None = None) -> KioskStats:
         stats = KioskStats()
         t_start = self.clock()
         last_ping = t_start
         self.notifier.ready(f"watching {self.source.uri}")
         self._prompt("Please look at the camera", stats)
-        for frame in self.source:
-            if self.stop_event.is_set():
-                break
-            stats.frames += 1
-            if self.pipeline is not None:
-                faces = self.pipeline.observe(frame.image)
-                if len(faces) > 1:
-                    self._prompt("One person at a time, please", stats)
-                elif faces:
+        last_t = 0.0
+        try:
+            for frame in self.source:
+                if self.stop_event.is_set():
+                    break
+                stats.frames += 1
+                last_t = frame.t_monotonic
+                faces = self.vision.observe(frame.image) if self.vision is not None else []
+                if faces:
                     stats.frames_with_face += 1
-                    self._prompt("Hold still", stats)
-                else:
-                    self._prompt("Please look at the camera", stats)
-            now = self.clock()
-            if now - last_ping >= 1.0:
-                self.notifier.watchdog()
-                last_ping = now
-            if max_frames is not None and stats.frames >= max_frames:
-                break
-        stats.elapsed_s = self.clock() - t_start
-        self.notifier.stopping()
+                if self.vision is not None:
+                    self._on_frame(frame, faces, stats)
+                self._welfare(frame.t_monotonic, stats)
+                now = self.clock()
+                if now - last_ping >= 1.0:
+                    self.notifier.watchdog()
+                    last_ping = now
+                if max_frames is not None and stats.frames >= max_frames:
+                    break
+            if self._active is not None:
+                active, self._active = self._active, None
+                decision = active.session.end_of_stream(last_t)
+                self._decide(active.claim, decision, active.refs, active.vision.last, stats,
+                             faces_in_view=0)
+        finally:
+            self.actuator.close()
+            stats.elapsed_s = self.clock() - t_start
+            self.notifier.stopping()
         return stats
 
 

@@ -1,38 +1,94 @@
-"""`facegate run`: the kiosk loop."""
+"""`facegate run`: the kiosk loop for the configured profile."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
 import json
 import sys
 
+from edge.actuators import make_actuator
 from edge.camera import open_source
+from edge.claims import Claim, ClaimSource, FixedClaim, LineClaims, parse_claim_line
 from edge.config import Config
 from edge.demo_source import default_source_uri
+from edge.errors import FacegateError, KeyStoreError
+from edge.events import EventFactory
+from edge.keys import DeviceKeys, init_keys, keys_dir, load_keys
 from edge.kiosk import Kiosk, install_signal_handlers
+from edge.lockout import LockoutStore
+from edge.outbox import OUTBOX_FILE, Outbox
+from edge.presence import PresenceStore
+from edge.templates import TemplateStore, db_path
+from edge.vision.pipeline import VisionPipeline
 
 
 def _display(text: str) -> None:
     print(f"[kiosk] {text}", flush=True)
 
 
+def _keys(cfg: Config) -> DeviceKeys:
+    try:
+        return load_keys(cfg.state_dir, cfg.device.id)
+    except KeyStoreError:
+        if cfg.profile != "demo" or keys_dir(cfg.state_dir).exists():
+            raise
+        # Only the demo provisions itself; a real kiosk is provisioned with `facegate keys init`.
+        print(f"demo: creating device keys in {keys_dir(cfg.state_dir)}", file=sys.stderr)
+        return init_keys(cfg.state_dir, cfg.device.id)
+
+
+def _claims(args: argparse.Namespace, cfg: Config) -> ClaimSource | None:
+    if args.claim:
+        try:
+            return FixedClaim(parse_claim_line(args.claim, "cli"))
+        except ValueError as exc:
+            raise FacegateError(f"--claim {args.claim.split()[0]!r}...: {exc}") from None
+    if args.claims_from:
+        stream = sys.stdin if args.claims_from == "-" else open(args.claims_from)  # noqa: SIM115
+        return LineClaims(stream, "pos")
+    if cfg.profile == "demo":
+        return FixedClaim(Claim("demo-visitor", None, "", "liveness"))
+    return None
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     uri = args.source or cfg.camera.source or default_source_uri()
-    pipeline = None
-    if importlib.util.find_spec("edge.vision.pipeline") is not None:
-        from edge.vision.pipeline import VisionPipeline
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys = _keys(cfg)
+    vision = VisionPipeline.from_config(cfg)
+    claims = _claims(args, cfg)
+    with contextlib.ExitStack() as stack:
+        source = open_source(uri, cfg.camera)
+        stack.callback(source.close)
+        store = stack.enter_context(TemplateStore(db_path(cfg.state_dir), keys))
+        outbox = stack.enter_context(Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox.max_events))
+        lockout = stack.enter_context(LockoutStore.open(cfg.state_dir, cfg.session))
+        presence = None
+        if cfg.profile == "smart_lock":
+            presence = PresenceStore(cfg.state_dir / "presence.sqlite")
+            stack.callback(presence.close)
+        factory = EventFactory(cfg.device.id, cfg.device.site, keys.signing_key)
+        if cfg.mqtt.enabled:
+            from edge.kiosk_link import start_link
 
-        pipeline = VisionPipeline.from_config(cfg, with_embedder=False)
-    with open_source(uri, cfg.camera) as source:
-        kiosk = Kiosk(cfg, source, pipeline=pipeline, display=_display)
+            link = start_link(cfg, keys, outbox)
+            stack.callback(link.stop)
+        kiosk = Kiosk(
+            cfg, source, vision=vision, display=_display, claims=claims, store=store,
+            outbox=outbox, factory=factory, actuator=make_actuator(cfg.actuator),
+            lockout=lockout, presence=presence,
+        )
         install_signal_handlers(kiosk)
         stats = kiosk.run(max_frames=args.max_frames)
     summary = {
         "source": uri,
+        "profile": cfg.profile,
         "frames": stats.frames,
         "frames_with_face": stats.frames_with_face,
+        "decisions": stats.decisions,
+        "events": stats.events,
         "elapsed_s": round(stats.elapsed_s, 3),
     }
-    print(json.dumps(summary), file=sys.stderr)
+    print(json.dumps(summary, sort_keys=True))
     return 0

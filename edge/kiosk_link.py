@@ -1,0 +1,21 @@
+"""Start the MQTT link of a running kiosk: publish the outbox, accept signed commands."""
+
+from __future__ import annotations
+
+from edge.config import Config
+from edge.downlink import parse_public_key, standard_handlers
+from edge.keys import DeviceKeys
+from edge.mqtt import MqttLink, link_for_kiosk
+from edge.outbox import Outbox
+from edge.templates import TemplateStore, db_path
+
+
+def start_link(cfg: Config, keys: DeviceKeys, outbox: Outbox) -> MqttLink:
+    """A started link; template/config/wipe commands only when the backend key is configured."""
+    handlers = None
+    if cfg.mqtt.backend_public_key:
+        backend = parse_public_key(cfg.mqtt.backend_public_key)
+        handlers = standard_handlers(lambda: TemplateStore(db_path(cfg.state_dir), keys), backend)
+    link = link_for_kiosk(cfg, keys.signing_key, outbox, handlers)
+    link.start()
+    return link

@@ -1,0 +1,303 @@
+"""The kiosk loop end to end on real videos: claim -> liveness -> 1:1 / 1:few -> signed event.
+
+The event must be committed to the outbox before the actuator moves; a kiosk that cannot store
+the event fails closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import require_data
+from gpiozero.pins.mock import MockFactory
+
+from edge.actuators import GpioRelay
+from edge.camera import open_source
+from edge.claims import Claim, FixedClaim, LineClaims, parse_claim_line
+from edge.config import ActuatorConfig, Config, parse_config
+from edge.events import EventFactory, verify_event
+from edge.keys import init_keys
+from edge.kiosk import Kiosk, KioskStats
+from edge.lockout import LockoutStore
+from edge.outbox import Outbox
+from edge.presence import DAY_S, PresenceStore
+from edge.templates import TemplateStore, db_path
+from edge.vision.pipeline import VisionPipeline
+
+PORTRAIT = "liveness/videos/blink_portrait_24fps.mp4"
+WEBCAM = "liveness/videos/blink_webcam_7blinks_30fps.mp4"
+
+
+@pytest.fixture(scope="module")
+def vision() -> VisionPipeline:
+    return VisionPipeline.from_config(Config())
+
+
+def _mean_embedding(vision: VisionPipeline, rel: str, frames: int = 8) -> np.ndarray:
+    path = require_data(rel)
+    vecs = []
+    with open_source(f"file:{path}", realtime=False) as src:
+        for frame in src:
+            faces = vision.observe(frame.image)
+            if faces and faces[0].landmarks is not None:
+                vecs.append(vision.embed(frame.image, faces[0].landmarks))
+            if len(vecs) == frames:
+                break
+    v = np.mean(vecs, axis=0)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def enrolled(vision: VisionPipeline) -> dict[str, np.ndarray]:
+    return {"s-portrait": _mean_embedding(vision, PORTRAIT),
+            "s-webcam": _mean_embedding(vision, WEBCAM)}
+
+
+class Rig:
+    def __init__(self, tmp: Path, cfg: Config, enrolled: dict[str, np.ndarray]) -> None:
+        self.cfg = cfg
+        self.keys = init_keys(tmp / "state", cfg.device.id)
+        self.store = TemplateStore(db_path(tmp / "state"), self.keys)
+        for subject, emb in enrolled.items():
+            self.store.enrol(subject, emb, validity_s=86400)
+        self.outbox = Outbox(tmp / "state" / "outbox.db")
+        self.factory = EventFactory(cfg.device.id, cfg.device.site, self.keys.signing_key)
+        self.lockout = LockoutStore.open(tmp / "state", cfg.session)
+        self.pins = MockFactory()
+        self.relay = GpioRelay(ActuatorConfig(kind="gpio", pin=17, pulse_ms=5000),
+                               pin_factory=self.pins)
+        self.prompts: list[str] = []
+        self.pin_when_stored: list[bool] = []
+
+    def run(self, vision: Any, rel: str, claim: Claim | None,
+            presence: PresenceStore | None = None, outbox: Any = None) -> KioskStats:
+        path = require_data(rel)
+        with open_source(f"file:{path}", realtime=False) as src:
+            kiosk = Kiosk(self.cfg, src, vision=vision, display=self.prompts.append,
+                          claims=FixedClaim(claim) if claim else None, store=self.store,
+                          outbox=outbox or self.outbox, factory=self.factory,
+                          actuator=self.relay, lockout=self.lockout, presence=presence)
+            return kiosk.run()
+
+    def events(self) -> list[dict[str, Any]]:
+        db = sqlite3.connect(self.outbox.path)
+        rows = [bytes(r[0]) for r in db.execute("SELECT payload FROM outbox ORDER BY id")]
+        db.close()
+        pub = self.keys.signing_key.public_key()
+        return [verify_event(r, pub) for r in rows]
+
+    def close(self) -> None:
+        self.store.close()
+        self.outbox.close()
+        self.lockout.close()
+
+
+def _cfg(profile: str, extra: str = "") -> Config:
+    return parse_config(f'profile = "{profile}"\n[device]\nid = "k-1"\nsite = "s-1"\n{extra}')
+
+
+def test_bakery_payment_with_blink_books_a_signed_payment_event(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray]
+) -> None:
+    rig = Rig(tmp_path, _cfg("bakery"), enrolled)
+    stats = rig.run(vision, PORTRAIT, parse_claim_line("s-portrait 120.50 pos-77"))
+    (decision,) = stats.decisions
+    assert decision["decision"] == "accept", decision
+    assert "blink now" in rig.prompts and "Verified - thank you" in rig.prompts
+    (event,) = rig.events()
+    assert event["type"] == "payment.authorize" and event["amount"] == 12050
+    assert event["currency"] == "CNY" and event["step_up"] is True
+    assert event["pos_ref"] == "pos-77" and event["subject"] == "s-portrait"
+    assert event["liveness"]["blinks"] >= 1 and event["score"] >= rig.cfg.verify.threshold
+    assert rig.relay.pulses == 1
+    rig.close()
+
+
+def test_claiming_someone_else_is_rejected_and_nothing_actuates(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray]
+) -> None:
+    rig = Rig(tmp_path, _cfg("fare_gate", '[session]\nchallenge = "always"\n'), enrolled)
+    stats = rig.run(vision, PORTRAIT, Claim("s-webcam", None, "", "qr"))
+    (decision,) = stats.decisions
+    assert decision["decision"] == "reject" and decision["reason"] == "mismatch"
+    (event,) = rig.events()
+    assert event["type"] == "verify.reject" and event["reason"] == "mismatch"
+    assert event["claim"] == "qr"
+    assert rig.relay.pulses == 0 and rig.pins.pin(17).state is False
+    rig.close()
+
+
+def test_smart_lock_identifies_the_tenant_among_the_household(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray]
+) -> None:
+    cfg = _cfg("smart_lock", '[smart_lock]\ndoor = "d-9"\nhousehold = ["s-webcam", "s-portrait"]\n')
+    rig = Rig(tmp_path, cfg, enrolled)
+    presence = PresenceStore(tmp_path / "presence.sqlite")
+    stats = rig.run(vision, PORTRAIT, None, presence=presence)
+    assert stats.decisions[0]["decision"] == "accept"
+    event = next(e for e in rig.events() if e["type"] == "door.unlock")
+    assert event["subject"] == "s-portrait" and event["door"] == "d-9"
+    assert rig.relay.pulses == 1
+    presence.close()
+    rig.close()
+
+
+def test_smart_lock_denies_a_stranger_with_an_unknown_face_count(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray]
+) -> None:
+    cfg = _cfg("smart_lock", '[smart_lock]\ndoor = "d-9"\nhousehold = ["s-webcam"]\n')
+    rig = Rig(tmp_path, cfg, {"s-webcam": enrolled["s-webcam"]})
+    rig.run(vision, PORTRAIT, None)
+    denied = [e for e in rig.events() if e["type"] == "door.denied"]
+    assert denied and denied[0]["reason"] == "mismatch" and denied[0]["unknown_faces"] >= 1
+    assert rig.relay.pulses == 0
+    rig.close()
+
+
+class _BrokenOutbox:
+    """A disk that has failed: every write raises, as sqlite does on an I/O error."""
+
+    path = Path("/nonexistent")
+
+    def emit(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+
+def test_kiosk_fails_closed_when_the_event_cannot_be_stored(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray]
+) -> None:
+    rig = Rig(tmp_path, _cfg("bakery"), enrolled)
+    stats = rig.run(vision, PORTRAIT, parse_claim_line("s-portrait 20"), outbox=_BrokenOutbox())
+    (decision,) = stats.decisions
+    assert decision["decision"] == "accept" and decision["stored"] is False
+    assert rig.relay.pulses == 0 and rig.pins.pin(17).state is False
+    assert any("PIN or card" in p for p in rig.prompts)
+    rig.close()
+
+
+def test_claim_for_a_subject_without_template_is_refused(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray]
+) -> None:
+    rig = Rig(tmp_path, _cfg("bakery"), enrolled)
+    stats = rig.run(vision, PORTRAIT, parse_claim_line("s-nobody 5"))
+    assert stats.decisions[0]["reason"] == "no_template"
+    assert rig.events()[0]["type"] == "verify.reject"
+    rig.close()
+
+
+def test_welfare_alert_after_days_unseen_once_a_day(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    store = PresenceStore(tmp_path / "p.sqlite", clock=lambda: now[0])
+    store.register(["t-1", "t-2"])
+    now[0] += 2 * DAY_S
+    store.seen("t-2")
+    assert store.due(["t-1", "t-2"], days=3) == []
+    now[0] += 1.5 * DAY_S
+    due = store.due(["t-1", "t-2"], days=3)
+    assert [(s, d) for s, d, _ in due] == [("t-1", 3)]
+    assert due[0][2] is None  # never seen since the lock started tracking
+    assert store.due(["t-1", "t-2"], days=3) == []  # not again the same day
+    now[0] += DAY_S
+    assert [s for s, _, _ in store.due(["t-1", "t-2"], days=3)] == ["t-1"]
+    store.seen("t-1")
+    assert store.due(["t-1"], days=3) == []
+    store.close()
+
+
+def test_claim_lines_are_parsed_strictly_and_bad_lines_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert parse_claim_line("s-1 12.5 pos-9") == Claim("s-1", 12.5, "pos-9", "pos")
+    for bad in ("", "a b c d", "../x", "s-1 lots", "s-1 -4", "s-1 nan", "s-1 1 bad/ref"):
+        with pytest.raises(ValueError):
+            parse_claim_line(bad)
+    claims = LineClaims(iter(["13812345678 oops\n", "s-2 3\n"]))
+    claims._thread.join(5)
+    assert claims.poll() == Claim("s-2", 3.0, "", "pos") and claims.rejected == 1
+    assert "13812345678" not in caplog.text
+
+
+def test_demo_run_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    path = require_data(PORTRAIT)
+    env = {**__import__("os").environ, "FACEGATE_STATE_DIR": str(tmp_path / "st")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", "config/demo.toml",
+         "--source", f"file:{path}", "--max-frames", "200"],
+        capture_output=True, text=True, timeout=300, env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 200 and summary["decisions"]
+    assert summary["decisions"][0]["decision"] == "accept"
+    assert "[kiosk] blink now" in proc.stdout
+    assert dataclasses.is_dataclass(Config())
+
+
+def test_run_command_enrols_verifies_and_publishes_a_signed_payment_over_mqtt(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.keys import load_keys
+
+    path = require_data(PORTRAIT)
+    site, device = "s-mq", f"k-{os.getpid()}"
+    cfg_path = tmp_path / "k.toml"
+    cfg_path.write_text(
+        f'profile = "bakery"\n[device]\nid = "{device}"\nsite = "{site}"\n'
+        f'[paths]\nstate_dir = "{tmp_path / "st"}"\n[camera]\nrealtime = false\n'
+        '[mqtt]\nhost = "127.0.0.1"\nport = 1883\n'
+    )
+    env = {**os.environ, "FACEGATE_CONFIG": str(cfg_path)}
+    env.pop("FACEGATE_STATE_DIR", None)
+    repo = Path(__file__).resolve().parent.parent
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True,
+                              text=True, timeout=300, env=env, cwd=repo)
+
+    assert cli("keys", "init").returncode == 0
+    enrol = cli("enroll", "s-portrait", "--source", f"file:{path}", "--frames", "5")
+    assert enrol.returncode == 0, enrol.stderr
+
+    got: list[bytes] = []
+    arrived = threading.Event()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        got.append(bytes(msg.payload))
+        arrived.set()
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", 1883)
+    sub.subscribe(f"facegate/v1/{site}/{device}/event/#", qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.5)
+        run = cli("run", "--claim", "s-portrait 42.00 r-1", "--source", f"file:{path}")
+        assert run.returncode == 0, run.stderr
+        assert arrived.wait(20), "no event reached the broker"
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    keys = load_keys(tmp_path / "st", device)
+    event = verify_event(got[0], keys.signing_key.public_key())
+    assert event["type"] == "payment.authorize" and event["amount"] == 4200
+    assert event["subject"] == "s-portrait" and event["decision"] == "accept"
