@@ -1,0 +1,442 @@
+"""One verification session: idle -> claim -> acquire -> challenge -> verify -> decide.
+
+The session is fed frames with the faces the vision pipeline found in them and returns a
+`Decision` once it has one. It never reads the camera or runs detection itself, so the kiosk
+loop, `facegate verify`, the liveness evaluation and the tests drive it identically. Session time
+is the frames' own timeline (`Frame.t_monotonic`), so a file replayed at full speed behaves like
+the live camera; the decision latency is measured on an injected performance clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.camera.base import Frame
+from edge.config import Config
+from edge.liveness import (
+    BlinkDetector,
+    Challenge,
+    ContinuityMonitor,
+    FaceBoxLike,
+    MotionMonitor,
+    challenge_at,
+    eye_openness,
+    schedule_challenge,
+)
+from edge.lockout import LockoutStore
+
+Embedding = NDArray[np.float32]
+
+# No landmark motion for this long after acquisition (and no blink) = a still presentation.
+STATIC_WINDOW_S = 2.0
+# Reasons that count as a failed attempt for the lockout. Nobody in view (`no_face`) or a bad
+# frame (`quality:*`) is not an attempt; `locked_out` must not extend its own lock.
+COUNTED_REASONS = frozenset({"no_blink", "static", "face_changed", "mismatch", "timeout"})
+
+
+class LandmarksLike(Protocol):
+    @property
+    def points(self) -> NDArray[np.float32]: ...
+
+
+class ObservationLike(Protocol):
+    """One face in a frame (edge.vision.pipeline.FaceObservation)."""
+
+    @property
+    def box(self) -> FaceBoxLike: ...
+    @property
+    def landmarks(self) -> LandmarksLike | None: ...
+
+
+class QualityLike(Protocol):
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def reasons(self) -> tuple[str, ...]: ...
+
+
+class SessionVision(Protocol):
+    """What the session needs from the vision pipeline for the frames it is fed."""
+
+    def quality(self, frame: Frame, obs: Any) -> QualityLike:
+        """Quality gates of one face; reasons like `quality:blur`."""
+        ...
+
+    def embed(self, frame: Frame, landmarks: Any) -> Embedding | None:
+        """(128,) L2-normalised embedding of the face, or None when no embedder is loaded."""
+        ...
+
+
+class PipelineVision:
+    """`SessionVision` over `edge.vision.pipeline.VisionPipeline` (embed is None without the
+    embedder, so the session runs liveness only)."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def quality(self, frame: Frame, obs: Any) -> QualityLike:
+        result: QualityLike = self.pipeline.quality(frame.image, obs)
+        return result
+
+    def embed(self, frame: Frame, landmarks: Any) -> Embedding | None:
+        if not getattr(self.pipeline, "has_embedder", False):
+            return None
+        emb: Embedding = self.pipeline.embed(frame.image, landmarks)
+        return emb
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    CLAIM = "claim"
+    ACQUIRE = "acquire"
+    CHALLENGE = "challenge"
+    VERIFY = "verify"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of one session: everything an event needs, and nothing biometric."""
+
+    subject: str
+    accepted: bool
+    reason: str | None  # None when accepted
+    score: float | None  # best cosine similarity to the references (None: not compared)
+    blinks: int  # blinks counted inside the response window
+    challenge_ms: float | None  # prompt -> end of the last counted blink
+    challenge_required: bool
+    timing_ms: dict[str, float] = field(default_factory=dict)  # per state, and "total"
+    latency_ms: float | None = None  # end of the blink -> decision (perf clock)
+    lockout_s: float = 0.0  # lock now in force on the claim
+
+    @property
+    def decision(self) -> str:
+        return "accept" if self.accepted else "reject"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "decision": self.decision,
+            "reason": self.reason,
+            "score": None if self.score is None else round(self.score, 4),
+            "liveness": {
+                "blinks": self.blinks,
+                "challenge_ms": _r(self.challenge_ms),
+                "required": self.challenge_required,
+            },
+            "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()},
+            "latency_ms": _r(self.latency_ms),
+            "lockout_s": round(self.lockout_s, 1),
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+def challenge_required(policy: str, stepup_amount: float, amount: float | None) -> bool:
+    """Step-up policy: `always`, `never`, or `above_amount` (an unknown amount requires it)."""
+    if policy == "always":
+        return True
+    if policy == "never":
+        return False
+    return amount is None or amount > stepup_amount
+
+
+class VerificationSession:
+    """The state machine for one claim. Create one per attempt."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        vision: SessionVision,
+        *,
+        lockout: LockoutStore | None = None,
+        rng: random.Random | None = None,
+        perf_clock: Callable[[], float] = time.perf_counter,
+        prompt_at: Callable[[float], float] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.vision = vision
+        self.lockout = lockout
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self._perf = perf_clock
+        self._prompt_at = prompt_at
+        self.state = State.IDLE
+        self.prompt: str | None = None
+        self.decision: Decision | None = None
+        self.subject = ""
+        self._claim_id = ""
+        self._references: list[Embedding] | None = None
+        self._payment = False
+        self._need_challenge = True
+        self._t0 = 0.0
+        self._state_t0 = 0.0
+        self._timing: dict[str, float] = {}
+        self._seen_face = False
+        self._quality_reason: str | None = None
+        lv = cfg.liveness
+        self._blinks = BlinkDetector(lv)
+        self._motion = MotionMonitor(STATIC_WINDOW_S, lv.static_motion_px)
+        self._continuity = ContinuityMonitor(lv.continuity_min_iou, cfg.vision.min_face_px)
+        self._challenge: Challenge | None = None
+        self._counted: list[float] = []  # end times of counted blinks
+        self._acq_embeddings: list[Embedding] = []
+        self._post_embeddings: list[Embedding] = []
+        self._blink_end_perf: float | None = None
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def wait_for_claim(self, t: float) -> None:
+        """idle -> claim: the kiosk asks for a phone number / QR / card."""
+        self._enter(State.CLAIM, t)
+        self._t0 = t
+
+    def claim(
+        self,
+        subject: str,
+        references: Sequence[Embedding] | None,
+        t: float,
+        *,
+        claim_id: str | None = None,
+        amount: float | None = None,
+    ) -> Decision | None:
+        """claim -> acquire. `references` None runs liveness only (no identity comparison).
+
+        Returns a decision at once when the claim is locked out.
+        """
+        if self.state == State.IDLE:
+            self._t0 = t
+        self.subject = subject
+        self._claim_id = claim_id if claim_id is not None else subject
+        self._references = None if references is None else list(references)
+        self._payment = amount is not None
+        s = self.cfg.session
+        self._need_challenge = challenge_required(s.challenge, s.stepup_amount, amount)
+        self._enter(State.ACQUIRE, t)
+        if self.lockout is not None:
+            remaining = self.lockout.remaining_s(self._claim_id)
+            if remaining > 0:
+                return self._finish(t, "locked_out", count=False)
+        return None
+
+    def tick(self, t: float) -> Decision | None:
+        """Time passes without a frame (claim entry); applies the claim timeout."""
+        if self.state == State.CLAIM and t - self._state_t0 > self.cfg.session.claim_timeout_s:
+            return self._finish(t, "timeout", count=False)
+        return None
+
+    def end_of_stream(self, t: float) -> Decision:
+        """The source ran out: decide with what the session has (never an accept)."""
+        if self.decision is not None:
+            return self.decision
+        if self.state == State.ACQUIRE:
+            return self._acquire_failure(t)
+        if self.state == State.CHALLENGE:
+            return self._finish(t, self._no_blink_reason(t))
+        return self._finish(t, "timeout")
+
+    def step(
+        self, frame: Frame, faces: Sequence[ObservationLike], received_perf: float | None = None
+    ) -> Decision | None:
+        """Feed one frame and the faces found in it; returns the decision when there is one.
+
+        `received_perf` is the perf-clock time the frame arrived (before detection), so the
+        latency after the blink includes the vision work on the frame that ended it.
+        """
+        arrived = self._perf() if received_perf is None else received_perf
+        t = frame.t_monotonic
+        if self.state == State.ACQUIRE:
+            return self._acquire(frame, faces, t)
+        if self.state == State.CHALLENGE:
+            return self._challenge_step(frame, faces, t, arrived)
+        if self.state == State.VERIFY:
+            return self._verify_step(frame, faces, t)
+        if self.state == State.CLAIM:
+            return self.tick(t)
+        return None
+
+    # -- states ------------------------------------------------------------------------------
+
+    def _acquire(self, frame: Frame, faces: Sequence[ObservationLike], t: float) -> Decision | None:
+        if t - self._state_t0 > self.cfg.session.acquire_timeout_s:
+            return self._acquire_failure(t)
+        with_marks = [o for o in faces if o.landmarks is not None]
+        if faces:
+            self._seen_face = True
+        if not with_marks:
+            return None
+        obs = max(with_marks, key=lambda o: _size(o.box))
+        quality = self.vision.quality(frame, obs)
+        if not quality.ok:
+            self._quality_reason = quality.reasons[0] if quality.reasons else "quality:unknown"
+            return None
+        _, why = self._continuity.update(t, [o.box for o in faces])
+        if why is not None:
+            return self._finish(t, why)
+        assert obs.landmarks is not None
+        self._track(frame, obs.landmarks, t)
+        emb = self.vision.embed(frame, obs.landmarks)
+        if emb is not None:
+            self._acq_embeddings.append(emb)
+        if self._need_challenge:
+            self._enter(State.CHALLENGE, t)
+            prompt_t = self._prompt_at(t) if self._prompt_at else None
+            self._challenge = (
+                challenge_at(prompt_t, self.cfg.liveness)
+                if prompt_t is not None
+                else schedule_challenge(t, self.cfg.liveness, self.rng)
+            )
+        else:
+            self._enter(State.VERIFY, t)
+        return None
+
+    def _acquire_failure(self, t: float) -> Decision:
+        if not self._seen_face:
+            return self._finish(t, "no_face", count=False)
+        if self._quality_reason is not None:
+            return self._finish(t, self._quality_reason, count=False)
+        return self._finish(t, "timeout", count=False)
+
+    def _challenge_step(
+        self, frame: Frame, faces: Sequence[ObservationLike], t: float, arrived: float
+    ) -> Decision | None:
+        ch = self._challenge
+        assert ch is not None
+        self.prompt = ch.text if t >= ch.prompt_t else None
+        idx, why = self._continuity.update(t, [o.box for o in faces])
+        if why is not None:
+            return self._finish(t, why)
+        marks = faces[idx].landmarks if idx is not None else None
+        if marks is None:
+            self._blinks.gap()
+        else:
+            blink = self._blinks.update(t, eye_openness(marks.points), frame.index)
+            self._motion.update(t, marks.points)
+            if blink is not None and ch.counts(blink):
+                self._counted.append(blink.end_t)
+                if len(self._counted) >= ch.blinks_required:
+                    self._blink_end_perf = arrived
+                    self.prompt = None
+                    self._enter(State.VERIFY, t)
+                    return self._verify_step(frame, faces, t, tracked=idx)
+        if t - self._state_t0 > self.cfg.session.challenge_timeout_s:
+            return self._finish(t, "timeout")
+        # A closure that began inside the window may finish after it: let it end first.
+        if t > ch.window_end_t and not self._blinks.closed:
+            return self._finish(t, self._no_blink_reason(t))
+        if self._motion.is_static(t) and not self._blinks.closed:
+            return self._finish(t, "static")
+        return None
+
+    def _no_blink_reason(self, t: float) -> str:
+        return "static" if self._motion.is_static(t) else "no_blink"
+
+    def _verify_step(
+        self,
+        frame: Frame,
+        faces: Sequence[ObservationLike],
+        t: float,
+        tracked: int | None = None,
+    ) -> Decision | None:
+        if tracked is None:
+            tracked, why = self._continuity.update(t, [o.box for o in faces])
+            if why is not None:
+                return self._finish(t, why)
+        if t - self._state_t0 > self.cfg.session.verify_timeout_s:
+            return self._finish(t, "timeout")
+        marks = faces[tracked].landmarks if tracked is not None else None
+        if marks is None:
+            return None
+        if not self._need_challenge:
+            # Passive path: the landmarks must still move like a live face's would.
+            self._track(frame, marks, t)
+            if self._motion.is_static(t):
+                return self._finish(t, "static")
+        emb = self.vision.embed(frame, marks)
+        if emb is not None:
+            self._post_embeddings.append(emb)
+        wanted = 1 if self._need_challenge else self.cfg.verify.frames
+        if emb is not None and len(self._post_embeddings) < wanted:
+            return None
+        return self._decide(t)
+
+    def _track(self, frame: Frame, marks: LandmarksLike, t: float) -> None:
+        self._blinks.update(t, eye_openness(marks.points), frame.index)
+        self._motion.update(t, marks.points)
+
+    def _decide(self, t: float) -> Decision:
+        before, after = self._acq_embeddings, self._post_embeddings
+        if before and after:
+            similarity = float(np.dot(_mean_unit(before), _mean_unit(after)))
+            if similarity < self.cfg.liveness.continuity_min_similarity:
+                return self._finish(t, "face_changed")
+        if self._references is None:
+            return self._finish(t, None)
+        probes = before + after
+        if not probes or not self._references:
+            return self._finish(t, "mismatch")
+        probe = _mean_unit(probes)
+        score = max(float(np.dot(probe, r)) for r in self._references)
+        v = self.cfg.verify
+        threshold = v.payment_threshold if self._payment else v.threshold
+        return self._finish(t, None if score >= threshold else "mismatch", score=score)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _enter(self, state: State, t: float) -> None:
+        if self.state not in (State.IDLE, State.DONE):
+            self._timing[self.state.value] = (t - self._state_t0) * 1000.0
+        self.state, self._state_t0 = state, t
+
+    def _finish(
+        self, t: float, reason: str | None, *, score: float | None = None, count: bool = True
+    ) -> Decision:
+        self._enter(State.DONE, t)
+        self._timing["total"] = (t - self._t0) * 1000.0
+        self.prompt = None
+        lock_s = 0.0
+        if self.lockout is not None:
+            if reason is None:
+                self.lockout.record_success(self._claim_id)
+            elif count and reason in COUNTED_REASONS:
+                lock_s = self.lockout.record_failure(self._claim_id)
+            else:
+                lock_s = self.lockout.remaining_s(self._claim_id)
+        ch = self._challenge
+        latency = None
+        if self._blink_end_perf is not None:
+            latency = (self._perf() - self._blink_end_perf) * 1000.0
+        self.decision = Decision(
+            subject=self.subject,
+            accepted=reason is None,
+            reason=reason,
+            score=score,
+            blinks=len(self._counted),
+            challenge_ms=(
+                (self._counted[-1] - ch.prompt_t) * 1000.0 if ch and self._counted else None
+            ),
+            challenge_required=self._need_challenge,
+            timing_ms=dict(self._timing),
+            latency_ms=latency,
+            lockout_s=lock_s,
+        )
+        return self.decision
+
+
+def _size(box: FaceBoxLike) -> float:
+    return max(box.x2 - box.x1, box.y2 - box.y1)
+
+
+def _mean_unit(vectors: list[Embedding]) -> NDArray[np.float64]:
+    m: NDArray[np.float64] = np.mean(np.asarray(vectors, dtype=np.float64), axis=0)
+    n = float(np.linalg.norm(m))
+    return m / n if n > 0 else m
