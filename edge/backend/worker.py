@@ -19,7 +19,6 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,11 +150,8 @@ class WorkerOptions:
 class Worker:
     """One backend process's MQTT session; `handler` is called on paho's network thread."""
 
-    def __init__(
-        self, handler: EventHandler, options: WorkerOptions,
-        on_verdict: Callable[[Verdict], None] | None = None,
-    ) -> None:  # fmt: skip
-        self.handler, self.options, self._on_verdict = handler, options, on_verdict
+    def __init__(self, handler: EventHandler, options: WorkerOptions) -> None:
+        self.handler, self.options = handler, options
         self.counts: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self.failed: BaseException | None = None
@@ -254,14 +250,12 @@ class Worker:
             try:
                 verdict = self.handler.handle(topic, bytes(msg.payload))
             except Exception as exc:  # the database is gone: stop, never ack an unbooked event
-                log.error("cannot settle %s: %s; stopping unacked", msg.topic[:120], exc)
+                log.error("cannot settle %s: %s; stopping unacked", topic[:120], exc)
                 self.failed = exc
                 self.fatal.set()
                 return
             client.ack(msg.mid, msg.qos)  # only now, after the ledger committed
             self.counts[verdict.reason or verdict.outcome.value] += 1
-            if self._on_verdict is not None:
-                self._on_verdict(verdict)
 
 
 def run_worker(
