@@ -88,3 +88,8 @@ def test_bad_source_or_no_default_video_is_a_one_line_error(tmp_path: Path) -> N
     proc = facegate("bench", "--frames", "3", env={"FACEGATE_DATA": str(tmp_path)})
     assert proc.returncode == 2 and "--source" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_json_path_is_refused_before_any_work(tmp_path: Path) -> None:
+    proc = facegate("bench", "--frames", "3", "--json", str(tmp_path / "no" / "such" / "b.json"))
+    assert proc.returncode == 2 and "--json" in proc.stderr and proc.stdout == ""

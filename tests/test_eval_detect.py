@@ -105,3 +105,9 @@ def test_boxes_naming_an_absent_image_are_refused(tmp_path: Path) -> None:
     (tmp_path / "boxes.csv").write_text("file,x1,y1,x2,y2,ignore\nimages/ghost.jpg,1,2,3,4,0\n")
     with pytest.raises(DataError, match="ghost.jpg"):
         read_boxes(tmp_path)
+
+
+def test_unwritable_json_path_is_refused_before_any_work(tmp_path: Path) -> None:
+    data = require_data("detection")
+    proc = facegate("eval", "detect", "--data", str(data), "--json", str(tmp_path / "x" / "d.json"))
+    assert proc.returncode == 2 and "--json" in proc.stderr and proc.stdout == ""

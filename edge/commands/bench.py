@@ -35,13 +35,24 @@ def looped_frames(uri: str, cfg: Config) -> Iterator[tuple[NDArray[np.uint8], fl
         offset += last_t + 1.0 / 30
 
 
+def write_json(path: Path, text: str) -> None:
+    """Write the JSON result; an unwritable --json path is an input error, not a traceback."""
+    try:
+        path.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot write --json {path} ({exc.strerror}); give a writable path"
+        raise DataError(msg) from exc
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.json_out and not Path(args.json_out).parent.is_dir():
+        raise DataError(f"--json {args.json_out}: folder does not exist; create it first")
     if args.frames < 1 or not 1 <= args.threads <= 64:
         raise DataError("--frames must be >= 1 and --threads within 1..64")
     uri = args.source or default_source()
     result = {"source": uri, **run_bench(looped_frames(uri, cfg), cfg, args.frames, args.threads)}
     text = json.dumps(result, indent=2)
     if args.json_out:
-        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+        write_json(Path(args.json_out), text)
     sys.stdout.write(text + "\n")
     return 0

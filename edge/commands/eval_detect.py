@@ -187,7 +187,18 @@ def evaluate(
     return result
 
 
+def write_json(path: Path, text: str) -> None:
+    """Write the JSON result; an unwritable --json path is an input error, not a traceback."""
+    try:
+        path.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot write --json {path} ({exc.strerror}); give a writable path"
+        raise DataError(msg) from exc
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.json_out and not Path(args.json_out).parent.is_dir():
+        raise DataError(f"--json {args.json_out}: folder does not exist; create it first")
     data = Path(args.data)
     if not data.is_dir():
         raise DataError(f"--data {data} is not a folder; give a folder with boxes.csv and images/")
@@ -202,6 +213,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     result = evaluate(data, boxes, detector, mesh, float(cfg.vision.min_face_px))
     text = json.dumps(result, indent=2)
     if args.json_out:
-        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+        write_json(Path(args.json_out), text)
     sys.stdout.write(text + "\n")
     return 0 if result["passed"] else 1
