@@ -77,6 +77,7 @@ def test_worker_books_events_and_refuses_bad_ones_without_stopping(
             (event_topic("bakery-1", "kiosk-1", "door.unlock"), good[1].payload),  # mismatch
             ("facegate/v1/bakery-1/kiosk-1/event/not.a.type", good[1].payload),  # bad_topic
             (good[0].topic, good[0].payload),  # duplicate
+            (good[0].topic, payment(f, 1, amount=99_999).payload),  # replay: alert, not booked
         ]
         for topic, payload in bad:
             _publish(c, topic, payload)
@@ -97,8 +98,9 @@ def test_worker_books_events_and_refuses_bad_ones_without_stopping(
     assert t["amount_per_currency"] == {"EUR": 500}
     assert t["rejections"] == {
         "malformed_json": 1, "oversized": 1, "bad_signature": 1,
-        "topic_mismatch": 1, "bad_topic": 1, "duplicate": 1,
+        "topic_mismatch": 1, "bad_topic": 1, "duplicate": 1, "replay": 1,
     }  # fmt: skip
+    assert t["alerts"] == 1
     text = backend("ledger", "--db", db).stdout
     assert "payment.authorize" in text and "total EUR 500" in text
 
