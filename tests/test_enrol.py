@@ -291,3 +291,25 @@ def test_presentations_without_liveness_are_not_enrolled(
     r = _facegate(env, "enroll", "mallory", "--source", f"file:{require_data(relpath)}")
     assert r.returncode == 1 and reason in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2  # the prompt line and one error line
+
+
+def test_verify_reads_the_encrypted_store_and_refuses_after_revocation(
+    enrolled: tuple[dict[str, str], Any], tmp_path: Path
+) -> None:
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("edge.commands.verify") is None:
+        pytest.skip("edge/commands/verify.py has not landed yet")
+    env, _ = enrolled
+    state = tmp_path / "state"  # a copy, so the revocation does not leak into other tests
+    shutil.copytree(env["FACEGATE_STATE_DIR"], state)
+    env = {**env, "FACEGATE_STATE_DIR": str(state)}
+    video = f"file:{require_data('liveness/videos/blink_portrait_24fps.mp4')}"
+    r = _facegate(env, "verify", "alice", "--source", video, "--seed", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"decision": "accept"' in r.stdout
+    assert _facegate(env, "templates", "revoke", "alice").returncode == 0
+    r = _facegate(env, "verify", "alice", "--source", video, "--seed", "1")
+    assert r.returncode == 2
+    assert "template error: subject 'alice': template version 1 is revoked" in r.stderr
