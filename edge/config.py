@@ -99,7 +99,7 @@ class LivenessConfig:
     response_window_s: float = _f(3.0, lo=0.3, hi=30.0)
     static_motion_px: float = _f(0.35, lo=0.0, hi=50.0)
     continuity_min_iou: float = _f(0.3, lo=0.0, hi=1.0)
-    continuity_min_similarity: float = _f(0.8, lo=-1.0, hi=1.0)
+    continuity_min_similarity: float = _f(0.95, lo=-1.0, hi=1.0)  # measured: eval liveness
 
 
 @dataclass(frozen=True)
