@@ -106,3 +106,23 @@ def test_wipe_destroys_a_store_too_damaged_to_open(state_dir: Path) -> None:
     r = facegate(env, "templates", "wipe", "--yes")
     assert r.returncode == 0 and not db.exists()
     assert facegate(env, "templates", "list").returncode == 0
+
+
+def test_list_destroys_expired_templates_and_shows_them_as_expired(state_dir: Path) -> None:
+    from edge.templates import TemplateStore, db_path
+
+    env = {**os.environ, "FACEGATE_STATE_DIR": str(state_dir)}
+    env.pop("FACEGATE_CONFIG", None)
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    assert facegate(env, "keys", "init").returncode == 0
+    keys = load_keys(state_dir, "kiosk-dev-0001")
+    vec = np.ones(128, np.float32)
+    long_ago = time.time() - 400 * 86400
+    with TemplateStore(db_path(state_dir), keys, clock=lambda: long_ago) as store:
+        store.enrol("old", vec, validity_s=86400)
+    with TemplateStore(db_path(state_dir), keys) as store:
+        store.enrol("new", -vec, validity_s=86400)
+    r = facegate(env, "templates", "list")
+    assert r.returncode == 0 and "expired old" in r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(t["subject"], t["state"]) for t in rows] == [("new", "active"), ("old", "expired")]

@@ -19,6 +19,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return _wipe(cfg, bool(args.yes))
     with open_store(cfg.state_dir, cfg.device.id) as store:
         if args.action == "list":
+            # Past-due templates are destroyed first (data minimisation), so the list is true.
+            for subject in store.expire():
+                print(f"expired {subject}: ciphertext destroyed", file=sys.stderr)
             # Metadata only: subject ids, versions and dates, never template bytes.
             for info in store.list_all():
                 print(json.dumps(info.as_dict(), sort_keys=True))
