@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from edge.errors import SourceError
@@ -13,14 +14,19 @@ DEMO_VIDEOS = (
 )
 
 
-def default_source_uri() -> str:
-    """A replay URI for the demo: a sample video under $FACEGATE_DATA or ../shared/data."""
+def data_roots() -> list[Path]:
+    """Where research data may live: $FACEGATE_DATA, then ../shared/data beside the checkout."""
     roots = []
     if os.environ.get("FACEGATE_DATA"):
         roots.append(Path(os.environ["FACEGATE_DATA"]))
     repo = Path(__file__).resolve().parent.parent
     roots.append(repo.parent / "shared" / "data")
-    for root in roots:
+    return roots
+
+
+def default_source_uri(roots: Sequence[Path] | None = None) -> str:
+    """A replay URI for the demo: a sample video under $FACEGATE_DATA or ../shared/data."""
+    for root in data_roots() if roots is None else roots:
         for rel in DEMO_VIDEOS:
             if (root / rel).is_file():
                 return f"file:{root / rel}"

@@ -89,3 +89,16 @@ def test_unreadable_source_is_a_one_line_error_with_exit_2(tmp_path: Path) -> No
 
 def test_main_returns_exit_code_instead_of_raising(tmp_path: Path) -> None:
     assert main(["--config", str(tmp_path / "nope.toml"), "outbox", "status"]) == 2
+
+
+def test_demo_without_data_says_which_source_to_give(tmp_path: Path) -> None:
+    from edge.demo_source import default_source_uri
+    from edge.errors import SourceError
+
+    with pytest.raises(SourceError) as err:
+        default_source_uri([tmp_path])
+    assert "pass --source URI" in str(err.value) and "cam:0" in str(err.value)
+    (tmp_path / "liveness" / "videos").mkdir(parents=True)
+    video = tmp_path / "liveness" / "videos" / "blink_portrait_24fps.mp4"
+    video.write_bytes(b"x")
+    assert default_source_uri([tmp_path]) == f"file:{video}"
