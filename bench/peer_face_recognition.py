@@ -3,13 +3,15 @@
     python bench/peer_face_recognition.py [--source file:VIDEO] [--frames N] [--json OUT]
     python bench/peer_face_recognition.py --setup        # create the peer venv first
 
-The peer (dlib HOG detector + 5-point pose + 128-d ResNet descriptor, `face_recognition`
-defaults: 1x upsampling) runs in its own venv (default ../peer-venv, or $FACEGATE_PEER_PYTHON),
-never in facegate's runtime dependencies. It is measured twice: at its default upsampling and
-with upsampling 0 (its fastest setting, which still finds faces that fill the frame). Both
-sides use one thread, skip the same warm-up frames and time the same decoded frames; decoding
-is not timed. "Per verified frame" = everything from the decoded frame to the 128-d vector,
-on frames where a face was found. Prints JSON with both sides' per-frame ms and the ratios.
+The peer (dlib HOG detector + 5-point pose + 128-d ResNet descriptor) runs in its own venv
+(default ../peer-venv, or $FACEGATE_PEER_PYTHON), never in facegate's runtime dependencies.
+It is timed at `face_recognition`'s default upsampling (1) and at upsampling 0, its fastest
+setting, which still finds faces that fill the frame. The two pipelines alternate frame by
+frame (facegate on frame i, then the peer on frame i), so a busy shared machine slows both
+alike. Both use one thread, skip the same warm-up frames and time the same decoded frames;
+decoding is not timed. "Per verified frame" = everything from the decoded frame to the 128-d
+vector, on frames where a face was found. Prints JSON with both sides' per-frame ms (wall clock
+and process CPU time) and the ratios.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PEER_VENV = REPO.parent / "peer-venv"
 PEER_PACKAGES = ["dlib-bin", "face-recognition-models", "numpy", "opencv-python-headless", "Pillow"]
-WARMUP = 5
+WARMUP = 5  # the same as edge.bench.WARMUP_FRAMES
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+UPSAMPLE = {"default": 1, "fast": 0}
 
 
 def peer_python() -> Path:
@@ -43,81 +47,98 @@ def setup_peer() -> None:
     subprocess.run([*pip, "--no-deps", "face_recognition==1.3.0"], check=True)
 
 
-def _p50(values: list[float]) -> float | None:
-    return round(statistics.median(values), 2) if values else None
-
-
-def peer_worker(video: str, frames: int, upsample: int) -> dict[str, Any]:
-    """Runs inside the peer venv: time HOG detection and descriptors on the first frames."""
+def peer_worker(video: str) -> None:
+    """Runs inside the peer venv: for every line on stdin, time the next frame of the video
+    (looping) at each upsampling setting and print one JSON line."""
     import cv2
     import face_recognition
 
     cap = cv2.VideoCapture(video)
-    detect_ms: list[float] = []
-    encode_ms: list[float] = []
-    verified_ms: list[float] = []
-    seen = 0
-    while seen < frames + WARMUP:
+    for _ in sys.stdin:
         ok, bgr = cap.read()
         if not ok:  # loop the video, as facegate bench does
             cap.release()
             cap = cv2.VideoCapture(video)
             ok, bgr = cap.read()
-            if not ok:
-                break
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        seen += 1
-        t0 = time.perf_counter()
-        locs = face_recognition.face_locations(rgb, number_of_times_to_upsample=upsample)
-        t1 = time.perf_counter()
-        enc = face_recognition.face_encodings(rgb, locs[:1], model="small") if locs else []
-        t2 = time.perf_counter()
-        if seen <= WARMUP:
-            continue
-        detect_ms.append((t1 - t0) * 1000)
-        if enc:
-            encode_ms.append((t2 - t1) * 1000)
-            verified_ms.append((t2 - t0) * 1000)
-    return {
-        "upsample": upsample,
-        "frames": len(detect_ms),
-        "frames_with_face": len(verified_ms),
-        "detect_p50_ms": _p50(detect_ms),
-        "descriptor_p50_ms": _p50(encode_ms),
-        "verified_frame_p50_ms": _p50(verified_ms),
-    }
+        out: dict[str, Any] = {}
+        for name, up in UPSAMPLE.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            locs = face_recognition.face_locations(rgb, number_of_times_to_upsample=up)
+            t1 = time.perf_counter()
+            enc = face_recognition.face_encodings(rgb, locs[:1], model="small") if locs else []
+            t2, c2 = time.perf_counter(), time.process_time()
+            out[name] = {
+                "detect": (t1 - t0) * 1000,
+                "descriptor": (t2 - t1) * 1000 if enc else None,
+                "verified": (t2 - t0) * 1000 if enc else None,
+                "verified_cpu": (c2 - c0) * 1000 if enc else None,
+            }
+        print(json.dumps(out), flush=True)
 
 
-def run_peer(video: str, frames: int, upsample: int) -> dict[str, Any]:
-    py = peer_python()
-    if not py.exists():
-        raise SystemExit(
-            f"peer venv missing ({py}); run `python bench/peer_face_recognition.py --setup` "
-            "or set FACEGATE_PEER_PYTHON"
+class Peer:
+    """The peer worker subprocess, stepped one frame at a time."""
+
+    def __init__(self, video: str) -> None:
+        py = peer_python()
+        if not py.exists():
+            raise SystemExit(
+                f"peer venv missing ({py}); run `python bench/peer_face_recognition.py --setup` "
+                "or set FACEGATE_PEER_PYTHON"
+            )
+        self.proc = subprocess.Popen(
+            [str(py), __file__, "--peer-worker", video],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **ONE_THREAD},
         )
-    cmd = [str(py), __file__, "--peer-worker", video, str(frames), str(upsample)]
-    env = {**os.environ, **ONE_THREAD}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"peer benchmark failed: {proc.stderr.strip().splitlines()[-1:]}")
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
+        self.frames: list[dict[str, Any]] = []
+
+    def step(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("next\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("peer worker died (see its stderr above)")
+        self.frames.append(json.loads(line))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+    def summary(self, name: str) -> dict[str, Any]:
+        timed = [f[name] for f in self.frames[WARMUP:]]
+
+        def p50(key: str) -> float | None:
+            vals = [t[key] for t in timed if t[key] is not None]
+            return round(statistics.median(vals), 2) if vals else None
+
+        return {
+            "upsample": UPSAMPLE[name],
+            "frames": len(timed),
+            "frames_with_face": sum(t["verified"] is not None for t in timed),
+            "detect_p50_ms": p50("detect"),
+            "descriptor_p50_ms": p50("descriptor"),
+            "verified_frame_p50_ms": p50("verified"),
+            "verified_frame_cpu_p50_ms": p50("verified_cpu"),
+        }
 
 
-def run_ours(uri: str, frames: int) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO))
-    from edge.bench import run_bench
-    from edge.commands.bench import looped_frames
-    from edge.config import load_config
-
-    cfg = load_config(None)
-    return run_bench(looped_frames(uri, cfg), cfg, frames, threads=1)
+def alternate(frames: Iterator[Any], peer: Peer) -> Iterator[Any]:
+    """Yield facegate's frames; after facegate finishes frame i the peer times its frame i."""
+    for item in frames:
+        yield item
+        peer.step()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--peer-worker"]:
-        print(json.dumps(peer_worker(argv[1], int(argv[2]), int(argv[3]))))
+        peer_worker(argv[1])
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", help="file:<video> (default: facegate bench's default video)")
@@ -129,33 +150,42 @@ def main(argv: list[str] | None = None) -> int:
         setup_peer()
         return 0
     sys.path.insert(0, str(REPO))
-    from edge.bench import default_source
+    from edge.bench import WARMUP_FRAMES, default_source, run_bench
+    from edge.commands.bench import looped_frames
+    from edge.config import load_config
 
+    assert WARMUP_FRAMES == WARMUP
     uri = args.source or default_source()
     video = uri.removeprefix("file:")
     if not Path(video).is_file():
         raise SystemExit(f"--source must be a video file (file:<video>), got {uri}")
-    ours = run_ours(f"file:{video}", args.frames)
-    peer_default = run_peer(video, args.frames, upsample=1)
-    peer_fast = run_peer(video, args.frames, upsample=0)
+    cfg = load_config(None)
+    peer = Peer(video)
+    try:
+        ours = run_bench(alternate(looped_frames(f"file:{video}", cfg), peer), cfg, args.frames, 1)
+    finally:
+        peer.close()
     frame = ours["frame"]
-    ours_ms = frame["p50_ms"] if isinstance(frame, dict) else None
-    complete = ours.get("embed") is not None
+    assert isinstance(frame, dict)
     result: dict[str, Any] = {
         "source": uri,
         "frames": args.frames,
         "facegate": {
             k: ours[k] for k in ("detect", "landmarks", "align", "embed", "frame", "runtime")
         },
-        "facegate_verified_frame_p50_ms": ours_ms,
-        "facegate_complete": complete,
-        "peer_default_upsample1": peer_default,
-        "peer_fast_upsample0": peer_fast,
+        "facegate_verified_frame_p50_ms": frame["p50_ms"],
+        "facegate_verified_frame_cpu_p50_ms": frame.get("cpu_p50_ms"),
+        "facegate_complete": ours.get("embed") is not None,
+        "load_avg_1m": ours.get("load_avg_1m"),
     }
-    for name, peer in (("default", peer_default), ("fast", peer_fast)):
-        pm = peer["verified_frame_p50_ms"]
-        result[f"ratio_vs_peer_{name}"] = round(pm / ours_ms, 1) if pm and ours_ms else None
-    if not complete:
+    for name in UPSAMPLE:
+        s = peer.summary(name)
+        result[f"peer_{name}"] = s
+        pm, pc = s["verified_frame_p50_ms"], s["verified_frame_cpu_p50_ms"]
+        ours_cpu = frame.get("cpu_p50_ms")
+        result[f"ratio_vs_peer_{name}"] = round(pm / frame["p50_ms"], 1) if pm else None
+        result[f"cpu_ratio_vs_peer_{name}"] = round(pc / ours_cpu, 1) if pc and ours_cpu else None
+    if not result["facegate_complete"]:
         result["note"] = "embedder not available: facegate side lacks the embed stage"
     text = json.dumps(result, indent=2)
     if args.json_out:
