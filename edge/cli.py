@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", metavar="PNG")
     e.add_argument("--limit", type=int, metavar="N", help="N pairs, half same, half different")
     e.add_argument("--model", metavar="F", help="evaluate another embedder .tflite (no hash check)")
-    e.add_argument("--flip", action="store_true", help="average the embedding of the mirrored chip")
+    e.add_argument("--no-flip", action="store_true", help="embed without the mirrored chip")
     e.add_argument(
         "--calibrate", action="store_true", help="derive thresholds from these (training) pairs"
     )

@@ -73,8 +73,15 @@ def _face_image(m_chip_to_img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = np.zeros((size[1], size[0], 3), np.uint8)
     radius = 3.0 * math.hypot(m_chip_to_img[0, 0], m_chip_to_img[1, 0])
     for x, y in apply(m_chip_to_img, CHIP_POINTS):
-        cv2.circle(img, (round(x * 16), round(y * 16)), round(radius * 16), (255, 255, 255), -1,
-                   cv2.LINE_AA, shift=4)
+        cv2.circle(
+            img,
+            (round(x * 16), round(y * 16)),
+            round(radius * 16),
+            (255, 255, 255),
+            -1,
+            cv2.LINE_AA,
+            shift=4,
+        )
     return img
 
 

@@ -93,7 +93,7 @@ def test_embedding_is_deterministic_across_calls_and_instances(pipeline: VisionP
 
 def test_flip_tta_is_symmetric_under_mirroring(pipeline: VisionPipeline) -> None:
     chip = lfw_chip(pipeline, "Aaron_Sorkin", 1)
-    tta = Embedder(model_path(MODELS, EMBEDDER), flip_tta=True)
+    tta = Embedder(model_path(MODELS, EMBEDDER))
     v, vm = tta.embed(chip), tta.embed(np.ascontiguousarray(chip[:, ::-1]))
     np.testing.assert_allclose(v, vm, atol=1e-6)
 

@@ -2,8 +2,9 @@
 
 Runs the kiosk's own vision pipeline on every image of the pair list and reports accuracy at
 the threshold shipped in the config (DESIGN.md §4 fields plus extras).  `--calibrate` instead
-prints the thresholds derived from the given (training) pairs; `--model` and `--flip` evaluate
-alternatives (another embedder file, mirrored-chip averaging) without changing what ships.
+prints the thresholds derived from the given (training) pairs; `--model` and `--no-flip`
+evaluate alternatives (another embedder file, no mirrored-chip averaging) without changing
+what ships.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         )
     embedder_path = Path(args.model) if args.model else model_path(cfg.models_dir, EMBEDDER)
     pipe = VisionPipeline.from_config(cfg, with_embedder=False)
-    pipe.embedder = Embedder(embedder_path, cfg.vision.threads, flip_tta=bool(args.flip))
+    pipe.embedder = Embedder(embedder_path, cfg.vision.threads, flip_tta=not args.no_flip)
 
     keys = [k for p in pairs for k in (p.a, p.b)]
     emb, ms = ev.embed_images(keys, images, _embed_fn(pipe))
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     result["no_face"] = sum(1 for v in emb.values() if v is None)
     result["per_image_ms_p50"] = round(float(np.median(list(ms.values()))), 2)
     result["model"] = embedder_path.name
-    result["flip_tta"] = bool(args.flip)
+    result["flip_tta"] = not args.no_flip
     result["threads"] = cfg.vision.threads
     if args.plot and not args.calibrate:
         same = np.array([p.same for p in pairs])

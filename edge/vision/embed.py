@@ -3,6 +3,11 @@
 The model takes the 150x150 RGB chip in pixel units (dlib's mean subtraction is folded into its
 first convolution), so a uint8 chip goes in as it is; the output is dlib's descriptor, which we
 L2-normalise so that verification compares cosine similarities.
+
+By default the chip and its mirror image are both embedded and averaged (flip test-time
+augmentation): on LFW pairsDevTrain it raised best accuracy from 99.03 % to 99.15 % and TAR at
+the lowest measurable FAR from 94.3 % to 96.9 %, for twice the embedding time (models/README.md).
+The shipped thresholds were calibrated with it on.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ EMBEDDING_DIM = 128
 class Embedder:
     """One TFLite interpreter running the embedding model on aligned chips."""
 
-    def __init__(self, model_path: Path, threads: int = 1, flip_tta: bool = False) -> None:
+    def __init__(self, model_path: Path, threads: int = 1, flip_tta: bool = True) -> None:
         self._interp = load_interpreter(model_path, threads)
         inp = self._interp.get_input_details()[0]
         out = self._interp.get_output_details()[0]
