@@ -58,6 +58,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lfw", type=Path, required=True)
     ap.add_argument("--limit", type=int, default=643)
+    ap.add_argument("--mesh-out", type=Path, help="save the mean chip position of all 468 points")
     args = ap.parse_args()
     import cv2
 
@@ -66,7 +67,7 @@ def main() -> int:
     det = FaceDetector(ROOT / "models/face_detection_short_range.tflite")
     lm = LandmarkModel(ROOT / "models/face_landmark.tflite")
     chipper = DlibChipper()
-    pts, diffs = [], []
+    pts, diffs, mesh = [], [], []
     for p in paths:
         rgb = read_rgb(p)
         shape = chipper.shape(rgb)
@@ -80,9 +81,14 @@ def main() -> int:
             ours = cv2.warpAffine(rgb, m, (CHIP_SIZE, CHIP_SIZE), flags=cv2.INTER_LINEAR)
             ref = np.asarray(dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
             diffs.append(float(np.abs(ours.astype(float) - ref.astype(float)).mean()))
-        f5 = five_points(lm.predict(rgb, box)).astype(np.float64)
+        marks = lm.predict(rgb, box)
+        f5 = five_points(marks).astype(np.float64)
         pts.append(f5 @ m[:, :2].T + m[:, 2])
+        mesh.append(marks.points[:, :2].astype(np.float64) @ m[:, :2].T + m[:, 2])
     a = np.array(pts)
+    if args.mesh_out:
+        mm = np.array(mesh)
+        np.savez(args.mesh_out, mean=mm.mean(axis=0), std=mm.std(axis=0), n=len(mm))
     mean, std = a.mean(axis=0), a.std(axis=0)
     print(json.dumps({
         "faces": len(a), "images": len(paths),
