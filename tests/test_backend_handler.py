@@ -185,7 +185,8 @@ def test_any_event_signed_with_an_unregistered_key_is_a_bad_signature(
     assert (v.outcome, v.reason) == (Outcome.REJECTED, "bad_signature")
     genuine = payment(F, seq, amount=amount, currency=currency)
     assert h.handle(genuine.topic, genuine.payload).outcome is Outcome.BOOKED
-    h.ledger.query("DELETE FROM events")
+    with h.ledger.transaction() as conn:
+        h.ledger.execute(conn, "DELETE FROM events")
 
 
 def test_after_the_fuzz_the_same_handler_still_books_a_good_event(

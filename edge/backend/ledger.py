@@ -140,14 +140,15 @@ class Ledger:
         return sql.replace("?", "%s") if self.postgres else sql
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """One database transaction (BEGIN IMMEDIATE on SQLite so writers never deadlock)."""
+    def transaction(self, write: bool = True) -> Iterator[Any]:
+        """One database transaction (SQLite: BEGIN IMMEDIATE for writers so they never
+        deadlock upgrading a read lock; a plain deferred BEGIN for readers)."""
         with self._lock:
             if self.postgres:
                 with self._conn.transaction():
                     yield self._conn
             else:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield self._conn
                 except BaseException:
@@ -160,8 +161,8 @@ class Ledger:
         return conn.execute(self._sql(sql), tuple(params))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Read-only query outside an explicit transaction."""
-        with self.transaction() as conn:
+        """Read-only query in its own (non-locking on SQLite) transaction."""
+        with self.transaction(write=False) as conn:
             return [tuple(r) for r in self.execute(conn, sql, params).fetchall()]
 
     def _create_schema(self) -> None:
