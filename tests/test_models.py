@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,29 @@ def test_unlisted_garbage_file_gives_model_error_not_a_crash(tmp_path: Path) -> 
 
 def test_runtime_name_reports_the_interpreter_package() -> None:
     assert runtime_name().split()[0] in ("ai_edge_litert", "tflite_runtime")
+
+
+def run_verify(models_dir: Path) -> subprocess.CompletedProcess[str]:
+    script = MODELS / "tools" / "verify.py"
+    return subprocess.run(
+        [sys.executable, str(script), "--models-dir", str(models_dir), "--no-fetch"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_make_models_verifier_passes_the_shipped_models() -> None:
+    proc = run_verify(MODELS)
+    assert proc.returncode == 0, proc.stderr
+    for name in read_manifest(MODELS):
+        assert f"ok   {name}" in proc.stdout
+
+
+def test_make_models_verifier_names_a_tampered_file_and_its_fix(models_copy: Path) -> None:
+    flip_byte(models_copy / LANDMARKER, 1234)
+    proc = run_verify(models_copy)
+    assert proc.returncode == 1
+    assert f"FAIL {LANDMARKER}: sha256 mismatch" in proc.stderr
+    assert "fetch_mediapipe.py" in proc.stderr
+    assert f"ok   {DETECTOR}" in proc.stdout
