@@ -29,8 +29,11 @@ bench: setup
 	@mkdir -p out
 	$(BIN)/facegate bench --json out/bench.json
 
+# The dlib/face_recognition peer lives in its own venv (../peer-venv), never in facegate's deps.
 bench-peer: setup
-	$(BIN)/python bench/peer_face_recognition.py
+	@test -x ../peer-venv/bin/python || $(BIN)/python bench/peer_face_recognition.py --setup
+	@mkdir -p out
+	$(BIN)/python bench/peer_face_recognition.py --json out/bench-peer.json
 
 models: setup
 	$(BIN)/python models/tools/verify.py
