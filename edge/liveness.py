@@ -27,11 +27,15 @@ LEFT_EYE = (362, 385, 387, 263, 373, 380)
 # enough to ignore half-closed frames around a blink, low enough to ignore a single outlier.
 BASELINE_PERCENTILE = 80.0
 BASELINE_WINDOW_S = 2.0
+# Windows are compared with this tolerance: they are often whole numbers of frame intervals,
+# and timestamps far from zero (monotonic clocks) must not flip a comparison by rounding.
+TIME_EPS_S = 0.004
 # No blink is reported before the baseline has this much history (time and frames).
 MIN_HISTORY_S = 0.2
 MIN_HISTORY_FRAMES = 3
-# Onset: the EAR must fall by MIN_DROP x baseline from its highest value in the last ONSET_S.
-ONSET_S = 0.2
+# Onset: the EAR must fall by MIN_DROP x baseline from its highest value in the last ONSET_S
+# (or the previous frame, at lower frame rates): lids close in about 0.1 s.
+ONSET_S = 0.1
 MIN_DROP = 0.08
 # ... and the closure starts on a frame that itself fell by MIN_STEP x baseline (the fall is
 # happening now, not a plateau reached earlier).
@@ -102,7 +106,7 @@ class BlinkDetector:
         """Current open-eye EAR level, or None while there is too little history."""
         if len(self._history) < MIN_HISTORY_FRAMES:
             return None
-        if self._history[-1][0] - self._history[0][0] < MIN_HISTORY_S:
+        if self._history[-1][0] - self._history[0][0] < MIN_HISTORY_S - TIME_EPS_S:
             return None
         return float(np.percentile([v for _, v in self._history], BASELINE_PERCENTILE))
 
@@ -125,9 +129,11 @@ class BlinkDetector:
         """Feed the EAR of the frame at time `t` (s); returns a blink when one is confirmed."""
         base = self.baseline
         prev_t, self._last_t = self._last_t, t
-        recent = [e for tt, e in self._recent if t - tt <= ONSET_S]
+        recent = [e for tt, e in self._recent if t - tt <= ONSET_S + TIME_EPS_S]
+        if not recent and self._recent:
+            recent = [self._recent[-1][1]]  # slower than 1/ONSET_S fps: the previous frame
         self._recent.append((t, ear))
-        while self._recent and t - self._recent[0][0] > ONSET_S:
+        while len(self._recent) > 1 and t - self._recent[0][0] > ONSET_S + TIME_EPS_S:
             self._recent.popleft()
         if base is None or prev_t is None or not recent:
             self._add_open(t, ear)
@@ -148,7 +154,10 @@ class BlinkDetector:
         # A fresh fast fall after a partial reopening inside a closure (a blink while looking
         # down) starts a new closure; the earlier part becomes open-level history.
         lowest = min(range(len(self._closure)), key=lambda k: self._closure[k][2])
-        inside = [e for ct, _, e in self._closure[lowest + 1 :] if t - ct <= ONSET_S]
+        after_low = self._closure[lowest + 1 :]
+        inside = [e for ct, _, e in after_low if t - ct <= ONSET_S + TIME_EPS_S]
+        if not inside and after_low:
+            inside = [after_low[-1][2]]
         if (
             inside
             and (max(inside) - self._closure[lowest][2]) / base >= MIN_STEP
@@ -180,8 +189,12 @@ class BlinkDetector:
     def _confirm(self, t: float, ear: float) -> Blink | None:
         assert self._reopen is not None
         end_t, reopen_t = self._reopen
-        self._post_level = max(self._post_level, ear)
         self._add_open(t, ear)
+        if t - reopen_t > POST_S + TIME_EPS_S:
+            # The eyes did not come back to their open level soon enough: not a blink.
+            self._closure, self._reopen = [], None
+            return None
+        self._post_level = max(self._post_level, ear)
         low = min(e for _, _, e in self._closure)
         if low <= POST_DEPTH * self._post_level:
             base = self.baseline or self._post_level
@@ -194,8 +207,6 @@ class BlinkDetector:
             )
             self._closure, self._reopen = [], None
             return blink
-        if t - reopen_t >= POST_S:
-            self._closure, self._reopen = [], None
         return None
 
     def _abandon(self) -> None:
@@ -207,7 +218,7 @@ class BlinkDetector:
 
     def _add_open(self, t: float, ear: float) -> None:
         self._history.append((t, ear))
-        while self._history and t - self._history[0][0] > BASELINE_WINDOW_S:
+        while self._history and t - self._history[0][0] > BASELINE_WINDOW_S + TIME_EPS_S:
             self._history.popleft()
 
 
