@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 Display = Callable[[str], None]
 Embedding = NDArray[np.float32]
 COOLDOWN_NO_FACE_S = 1.0  # after a decision, wait for the person to step away this long
-WELFARE_CHECK_EVERY_S = 3600.0
+MAINTENANCE_EVERY_S = 3600.0
 
 
 class ReferenceStore(Protocol):
@@ -51,6 +51,8 @@ class ReferenceStore(Protocol):
     def references(
         self, subjects: list[str] | None = None
     ) -> tuple[dict[str, Embedding], dict[str, Any]]: ...
+
+    def expire(self) -> list[str]: ...
 
 
 class Vision(Protocol):
@@ -126,7 +128,7 @@ class Kiosk:
         self._active: _Active | None = None
         self._cooldown_until_absent = False
         self._absent_since: float | None = None
-        self._last_welfare = -1e18
+        self._last_maintenance = -1e18
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -244,12 +246,21 @@ class Kiosk:
         else:
             self._prompt("Not verified - please use PIN or card, or try again", stats)
 
-    def _welfare(self, t: float, stats: KioskStats) -> None:
+    def _maintenance(self, t: float, stats: KioskStats) -> None:
+        """Hourly: destroy past-due templates, raise welfare alerts (smart lock)."""
+        if t - self._last_maintenance < MAINTENANCE_EVERY_S:
+            return
+        self._last_maintenance = t
+        if self.store is not None:
+            try:
+                expired = self.store.expire()
+            except FacegateError as exc:
+                log.error("template expiry failed: %s", exc)
+            else:
+                if expired:
+                    log.info("expired %d templates", len(expired))
         if self.cfg.profile != "smart_lock" or self.presence is None:
             return
-        if t - self._last_welfare < WELFARE_CHECK_EVERY_S:
-            return
-        self._last_welfare = t
         sl = self.cfg.smart_lock
         self.presence.register(self._household())
         for subject, days, last in self.presence.due(self._household(), sl.welfare_days):
@@ -304,7 +315,7 @@ class Kiosk:
                     stats.frames_with_face += 1
                 if self.vision is not None:
                     self._on_frame(frame, faces, stats)
-                self._welfare(frame.t_monotonic, stats)
+                self._maintenance(frame.t_monotonic, stats)
                 now = self.clock()
                 if now - last_ping >= 1.0:
                     self.notifier.watchdog()

@@ -301,3 +301,19 @@ def test_run_command_enrols_verifies_and_publishes_a_signed_payment_over_mqtt(
     event = verify_event(got[0], keys.signing_key.public_key())
     assert event["type"] == "payment.authorize" and event["amount"] == 4200
     assert event["subject"] == "s-portrait" and event["decision"] == "accept"
+
+
+def test_kiosk_destroys_past_due_templates_during_maintenance(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray]
+) -> None:
+    rig = Rig(tmp_path, _cfg("bakery"), {"s-webcam": enrolled["s-webcam"]})
+    rig.store.enrol("s-short", enrolled["s-portrait"], validity_s=1)
+    time.sleep(1.2)
+    path = require_data(PORTRAIT)
+    with open_source(f"file:{path}", realtime=False) as src:
+        Kiosk(rig.cfg, src, vision=vision, display=rig.prompts.append, store=rig.store).run(
+            max_frames=2
+        )
+    states = {i.subject: i.state for i in rig.store.list_all()}
+    assert states == {"s-webcam": "active", "s-short": "expired"}
+    rig.close()
