@@ -140,3 +140,16 @@ def test_bad_inputs_give_clear_errors() -> None:
         align_chip(np.zeros((100, 100), np.uint8), CHIP_POINTS)
     with pytest.raises(DataError, match="uint8 RGB"):
         align_chip(np.zeros((0, 100, 3), np.uint8), CHIP_POINTS)
+
+
+def test_fine_detail_of_a_large_face_is_averaged_not_aliased() -> None:
+    # 1-px stripes on a face 5x larger than the chip: the chip must see their average (grey);
+    # plain bilinear sampling would pick individual stripes and show a false pattern.
+    big = np.zeros((1000, 1000, 3), np.uint8)
+    big[:, ::2] = 255
+    pts = (CHIP_POINTS + 25.0) * 5.0
+    chip = align_chip(big, pts).astype(np.float64)[10:-10, 10:-10]
+    assert abs(chip.mean() - 127.5) < 3.0
+    assert chip.std() < 3.0
+    plain = cv2.warpAffine(big, chip_transform(pts), (CHIP_SIZE, CHIP_SIZE), flags=cv2.INTER_LINEAR)
+    assert plain[10:-10, 10:-10].std() > 30.0  # the aliasing this guards against
