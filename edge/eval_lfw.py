@@ -253,10 +253,14 @@ def plot_roc(
     img = np.full((h, w, 3), 255, np.uint8)
     lo = -4.0
 
+    # y: TAR from 0.90 (or lower, so that every marked operating point shows) to 1
+    ylo = min([0.9] + [np.floor(t * 10) / 10 for _, t in marks.values()])
+    step = 0.02 if ylo >= 0.9 else 0.05
+
     def xy(f: float, t: float) -> tuple[int, int]:
-        # x: log10 FAR from 1e-4 to 1; y: TAR from 0.90 to 1 (lower TAR sits on the axis)
+        # x: log10 FAR from 1e-4 to 1 (lower FAR sits on the axis), y: TAR from ylo to 1
         x = m + (np.log10(max(f, 10**lo)) - lo) / -lo * (w - 2 * m)
-        y = h - m - (min(max(t, 0.9), 1.0) - 0.9) / 0.1 * (h - 2 * m)
+        y = h - m - (min(max(t, ylo), 1.0) - ylo) / (1.0 - ylo) * (h - 2 * m)
         return int(round(x)), int(round(y))
 
     black, grey = (0, 0, 0), (200, 200, 200)
@@ -264,7 +268,7 @@ def plot_roc(
         x, _ = xy(10.0**e, 0.9)
         cv2.line(img, (x, m), (x, h - m), grey, 1)
         cv2.putText(img, f"1e{e}", (x - 18, h - m + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1)
-    for t in np.arange(0.90, 1.0001, 0.02):
+    for t in np.arange(ylo, 1.0001, step):
         _, y = xy(1.0, float(t))
         cv2.line(img, (m, y), (w - m, y), grey, 1)
         cv2.putText(img, f"{t:.2f}", (m - 45, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1)
@@ -275,7 +279,9 @@ def plot_roc(
     for i, (label, (f, t)) in enumerate(marks.items()):
         c = colours[i % len(colours)]
         cv2.circle(img, xy(f, t), 6, c, 2)
-        cv2.putText(img, label, (m + 10, m + 22 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, c, 1)
+        text = f"{label}: FAR {f:.2g}, TAR {t:.4f}"
+        org = (w // 2 - 60, h - m - 15 - 20 * (len(marks) - 1 - i))  # legend bottom right: empty
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.45, c, 1)
     title = "LFW ROC: TAR vs FAR (log)"
     cv2.putText(img, title, (m, m - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, black, 1)
     if not cv2.imwrite(str(path), img):
