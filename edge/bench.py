@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.config import Config
-from edge.errors import DataError, FacegateError
+from edge.errors import DataError
 from edge.vision.detect import FaceDetector
 from edge.vision.landmarks import LandmarkModel
 from edge.vision.models import DETECTOR, EMBEDDER, LANDMARKER, model_path
@@ -116,11 +116,13 @@ def optional_stages(cfg: Config, threads: int) -> Stages:
         st.align = chip
     except (ImportError, AttributeError) as exc:
         st.notes["align"] = f"edge.vision.align not available ({exc})"
+    # A missing or tampered embedder file is a ModelError (exit 2), as for the other models:
+    # figures from a model that fails its hash check would be reported as the shipped one's.
     try:
         embed_mod = importlib.import_module("edge.vision.embed")
         embedder = embed_mod.Embedder(model_path(cfg.models_dir, EMBEDDER), threads)
         st.embed = embedder.embed
-    except (ImportError, AttributeError, FacegateError) as exc:
+    except (ImportError, AttributeError) as exc:
         st.notes["embed"] = f"embedder not available ({exc})"
     if st.align is None and st.embed is not None:
         st.embed = None
