@@ -130,7 +130,7 @@ def pair_scores(pairs: list[Pair], emb: dict[str, Embedding | None]) -> NDArray[
 def roc(scores: NDArray[np.float64], same: NDArray[np.bool_]) -> tuple[NDArray[np.float64], ...]:
     """(far, tar, thresholds) for every distinct score, thresholds descending; a pair without
     a face scores below everything (rejected at any threshold)."""
-    s = np.where(np.isnan(scores), -np.inf, scores)
+    s = np.where(np.isnan(scores), -2.0, scores)  # below any cosine similarity
     order = np.argsort(-s, kind="stable")
     s_sorted, y = s[order], same[order]
     tp, fp = np.cumsum(y), np.cumsum(~y)
