@@ -283,3 +283,86 @@ def test_a_face_that_does_not_match_is_exit_1_not_an_input_error(
     assert proc.stdout.startswith(f"reject {SUBJECT}")
     assert not any(ln.startswith(("error", "source error", "model error")) for ln in
                    stderr_lines(proc))
+
+
+# -- command arguments an operator or a POS bridge gets wrong --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "prefix", "fragments"),
+    [
+        (["run", "--claim", "../x 5.00"], "error", ("--claim", "subject id must be")),
+        (["run", "--claim", f"{SUBJECT} -5"], "error", ("--claim", "amount must be between")),
+        (["run", "--claim", f"{SUBJECT} lots"], "error", ("--claim", "amount must be a number")),
+        (["enroll", "../x"], "template error", ("'../x'", "not a valid subject id", "use")),
+        (["enroll", "s-2002", "--frames", "0"], "error", ("--frames 0", "between 1 and")),
+        (["bench", "--frames", "0"], "data error", ("--frames must be >= 1",)),
+    ],
+    ids=["claim-subject", "claim-negative-amount", "claim-amount-text", "enrol-subject",
+         "enrol-frames", "bench-frames"],
+)
+def test_bad_arguments_are_one_line_naming_the_argument_and_change_nothing(
+    kiosk: tuple[Path, dict[str, str]], tmp_path: Path, argv: list[str], prefix: str,
+    fragments: tuple[str, ...],
+) -> None:
+    state, env = kiosk
+    before = tree_digest(state)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    proc = facegate(env, *argv, "--source", f"file:{frames}")  # refused before the source
+    assert_input_error(proc, prefix, *fragments)
+    assert tree_digest(state) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="edge/commands/run.py opens --claims-from with a bare open(): a missing file or a "
+    "directory ends in a FileNotFoundError/IsADirectoryError traceback and exit 1",
+)
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_unreadable_claims_file_is_one_line_naming_it(
+    kiosk: tuple[Path, dict[str, str]], tmp_path: Path, what: str
+) -> None:
+    _, env = kiosk
+    path = tmp_path / "claims.fifo" if what == "missing" else tmp_path
+    proc = facegate(env, "run", "--claims-from", str(path), "--source", "cam:9")
+    assert_input_error(proc, "error", str(path), "--claims-from")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`facegate verify --amount` accepts a negative or NaN amount (the claim-line parser "
+    "refuses both): with challenge = above_amount, NaN > stepup_amount is False, so a NaN "
+    "payment skips the blink step-up; edge/commands/verify.py should refuse it (exit 2)",
+)
+@pytest.mark.parametrize("amount", ["-5", "nan"])
+def test_verify_refuses_a_negative_or_nan_amount(
+    kiosk: tuple[Path, dict[str, str]], tmp_path: Path, amount: str
+) -> None:
+    _, env = kiosk
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    import cv2
+
+    cv2.imwrite(str(frames / "0001.png"), np.full((240, 320, 3), 128, np.uint8))
+    proc = facegate(env, "verify", SUBJECT, "--amount", amount, "--source", f"file:{frames}")
+    assert_input_error(proc, "error", "--amount")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`facegate run --max-frames 0` (or negative) is accepted: the loop checks the limit "
+    "only after processing a frame, so one frame is processed (and with a claim and a face, a "
+    "customer session is started and a verify.reject event stored); should be a usage error",
+)
+def test_run_refuses_a_frame_limit_below_one(
+    kiosk: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    _, env = kiosk
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    import cv2
+
+    cv2.imwrite(str(frames / "0001.png"), np.full((240, 320, 3), 128, np.uint8))
+    proc = facegate(env, "run", "--max-frames", "0", "--source", f"file:{frames}")
+    assert proc.returncode == 2 and "--max-frames" in proc.stderr, proc.stdout
