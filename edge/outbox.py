@@ -77,18 +77,28 @@ class Outbox:
         self._db = sqlite3.connect(
             str(path), isolation_level=None, timeout=30.0, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._tx() as db:
-            # (executescript would COMMIT on its own, outside this transaction)
-            for stmt in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(stmt)
-            for name in _COUNTERS:
-                db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
-            # `pending` is kept in step by every transaction; recount once at open to be sure.
-            db.execute(
-                "UPDATE counters SET value = (SELECT COUNT(*) FROM outbox) WHERE name = 'pending'"
-            )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._tx() as db:
+                # (executescript would COMMIT on its own, outside this transaction)
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(stmt)
+                for name in _COUNTERS:
+                    db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+                # `pending` is kept in step by every transaction; recount once at open to be sure.
+                db.execute(
+                    "UPDATE counters SET value = (SELECT COUNT(*) FROM outbox) "
+                    "WHERE name = 'pending'"
+                )
+        except sqlite3.DatabaseError as exc:
+            # A damaged file (truncated, not SQLite) is an operator problem, not a traceback;
+            # it may still hold unsent signed events, so it is named and never rewritten here.
+            self._db.close()
+            raise FacegateError(
+                f"outbox {path} is damaged or unreadable ({exc}); move it aside (keep it: it "
+                f"may hold unsent events) and restart"
+            ) from None
         self._listeners: list[Callable[[], None]] = []
 
     # ---- transactions -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from _cli import DEVICE, assert_input_error, cli_env, facegate, tree_digest, wri
 from edge.config import Config
 from edge.keys import init_keys
 from edge.lockout import LockoutStore
+from edge.outbox import OUTBOX_FILE, Outbox
 from edge.templates import TemplateStore, db_path
 
 SUBJECT = "s-1001"
@@ -30,6 +31,7 @@ def pristine_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with TemplateStore(db_path(state), keys) as store:
         store.enrol(SUBJECT, vec, validity_s=86400)
     LockoutStore.open(state, Config().session).close()
+    Outbox(state / OUTBOX_FILE).close()
     assert not Path(f"{db_path(state)}-wal").exists(), "the fixture must leave a checkpointed db"
     return state
 
@@ -197,3 +199,41 @@ def test_truncated_template_store_is_named_with_the_fix_and_left_as_it_is(
         state, env, _commands(frames)[command], "template error",
         str(db), "damaged or truncated", "facegate templates wipe --yes",
     )  # fmt: skip
+
+
+def _truncate_to_half(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["outbox", "status"], ["outbox", "drain", "--timeout", "1"], None],
+    ids=["outbox-status", "outbox-drain", "run"],
+)
+@pytest.mark.parametrize("damage", ["truncated", "not-sqlite"])
+def test_damaged_outbox_is_named_with_the_fix_and_left_as_it_is(
+    kiosk: tuple[Path, dict[str, str], Path], argv: list[str] | None, damage: str
+) -> None:
+    """The outbox may hold unsent signed events: say so, and never rewrite or delete it."""
+    state, env, frames = kiosk
+    outbox = state / OUTBOX_FILE
+    if damage == "truncated":
+        _truncate_to_half(outbox)
+    else:
+        outbox.write_bytes(b"not an sqlite file\n" * 200)
+    _fails_cleanly(
+        state, env, argv or _commands(frames)["run"], "error",
+        str(outbox), "damaged", "move it aside", "unsent events",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["verify", "run"])
+def test_damaged_lockout_counters_are_named_with_the_fix_and_left_as_they_are(
+    kiosk: tuple[Path, dict[str, str], Path], command: str
+) -> None:
+    state, env, frames = kiosk
+    lockout = state / "lockout.sqlite"
+    _truncate_to_half(lockout)
+    _fails_cleanly(
+        state, env, _commands(frames)[command], "error", str(lockout), "unusable", "move it aside"
+    )
