@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,13 +65,14 @@ def _commands(frames: Path) -> dict[str, list[str]]:
 
 def _fails_cleanly(
     state: Path, env: dict[str, str], argv: list[str], prefix: str, *fragments: str
-) -> None:
+) -> str:
     db_before = db_path(state).read_bytes()
     before = tree_digest(state)
     proc = facegate(env, *argv)
-    assert_input_error(proc, prefix, *fragments)
+    line = assert_input_error(proc, prefix, *fragments)
     assert db_path(state).read_bytes() == db_before, "templates.db changed"
     assert tree_digest(state) == before, "the failing command changed the state directory"
+    return line
 
 
 ALL = ["verify", "enroll", "run", "templates-list", "templates-revoke", "keys-public"]
@@ -269,3 +271,90 @@ def test_state_dir_that_is_a_file_is_one_line_naming_it(
     proc = facegate(env, *argv)
     assert_input_error(proc, prefix, str(not_a_dir))
     assert not_a_dir.read_bytes() == b"an operator's mistake\n"
+
+
+# -- sealed template files from the backend ---------------------------------------------------
+
+
+def _sealed_variants(state: Path, tmp_path: Path) -> tuple[str, dict[str, bytes]]:
+    """The backend's public key (hex) and sealed-template files, one good and several bad."""
+    import time
+
+    from edge.keys import load_keys
+    from edge.sealing import backend_public_hex, generate_backend_keys, seal_template
+
+    backend = generate_backend_keys(tmp_path / "backend")
+    stranger = generate_backend_keys(tmp_path / "stranger")
+    keys = load_keys(state, DEVICE)
+    other = init_keys(tmp_path / "other-kiosk", "kiosk-other-0002")
+    vec = np.random.default_rng(5).standard_normal(128).astype(np.float32)
+    now = int(time.time())
+
+    def seal(signer: Any, pub: Any, device: str) -> bytes:
+        return seal_template(signer, pub, device, "s-3003", 1, vec, now, now + 86400)
+
+    good = seal(backend, keys.sealing_key.public_key(), DEVICE)
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0x01
+    return backend_public_hex(backend), {
+        "good": good,
+        "random-bytes": np.random.default_rng(2).integers(0, 256, 300, np.uint8).tobytes(),
+        "truncated": good[:-1],
+        "one-flipped-byte": bytes(flipped),
+        "signed-by-another-backend": seal(stranger, keys.sealing_key.public_key(), DEVICE),
+        "sealed-for-another-device": seal(backend, other.sealing_key.public_key(),
+                                          "kiosk-other-0002"),
+        "empty": b"",
+    }
+
+
+SEALED_FAULTS = {
+    "random-bytes": ("not a sealed template", "check the file"),
+    "empty": ("not a sealed template", "check the file"),
+    "truncated": ("truncated", "fresh copy"),
+    "one-flipped-byte": ("does not verify", "request a fresh copy"),
+    "signed-by-another-backend": ("does not verify", "check mqtt.backend_public_key"),
+    "sealed-for-another-device": (
+        "sealed for device 'kiosk-other-0002'", "request a template sealed for this device"
+    ),
+    "missing-file": ("cannot read", "check the path"),
+}
+
+
+@pytest.mark.parametrize("variant", list(SEALED_FAULTS))
+def test_bad_sealed_template_file_is_refused_in_one_line_and_the_store_is_untouched(
+    kiosk: tuple[Path, dict[str, str], Path], tmp_path: Path, variant: str
+) -> None:
+    state, _, _ = kiosk
+    backend_hex, files = _sealed_variants(state, tmp_path)
+    path = tmp_path / f"{variant}.sealed"
+    if variant != "missing-file":
+        path.write_bytes(files[variant])
+    conf = tmp_path / "sync.toml"
+    conf.write_text(
+        (tmp_path / "kiosk.toml").read_text().replace(
+            "[mqtt]\n", f'[mqtt]\nbackend_public_key = "{backend_hex}"\n'
+        )
+    )
+    env = cli_env(conf, tmp_path / "tmp")
+    _fails_cleanly(
+        state, env, ["templates", "import", str(path)], "template error", *SEALED_FAULTS[variant]
+    )
+
+
+def test_the_good_sealed_file_of_those_variants_imports(
+    kiosk: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    """Control: the faults above are the only difference from a file that is accepted."""
+    state, _, _ = kiosk
+    backend_hex, files = _sealed_variants(state, tmp_path)
+    good = tmp_path / "good.sealed"
+    good.write_bytes(files["good"])
+    conf = tmp_path / "sync.toml"
+    conf.write_text(
+        (tmp_path / "kiosk.toml").read_text().replace(
+            "[mqtt]\n", f'[mqtt]\nbackend_public_key = "{backend_hex}"\n'
+        )
+    )
+    proc = facegate(cli_env(conf, tmp_path / "tmp"), "templates", "import", str(good))
+    assert proc.returncode == 0 and "imported s-3003 version 1" in proc.stdout, proc.stderr
