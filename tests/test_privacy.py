@@ -3,8 +3,8 @@
 One module-scoped run through the real command line (temp state dir, temp config, TMPDIR
 redirected, every command at --verbose): `keys init`, `keys public`, `enroll`, `verify --json`,
 `run --claim` (a payment), `run --claims-from` (a keypad line holding a phone number),
-`templates list`, `outbox status`. Then, with the same vision pipeline in this process, the
-plaintext template is recomputed and the checks are:
+`templates list`, `outbox status`, `outbox drain` (to a private Mosquitto). Then, with the
+same vision pipeline in this process, the plaintext template is recomputed and the checks are:
 - no face image (by magic bytes, not suffix) and no raw frame pixels anywhere we can look;
 - the plaintext embedding is in no file; no key, template or phone number in any log line;
 - events in the outbox carry no arrays of numbers and no biometric field.
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _broker import start_mosquitto
 from _cli import DEVICE, PORTRAIT, REPO, cli_env, facegate, write_config
 from conftest import require_data
 
@@ -45,6 +46,7 @@ class KioskRun:
     started: float
     porcelain_before: set[str]
     procs: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
+    events: list[tuple[str, bytes]] = field(default_factory=list)  # outbox rows before drain
 
 
 def _porcelain() -> set[str]:
@@ -61,6 +63,11 @@ def kiosk_run(tmp_path_factory: pytest.TempPathFactory) -> KioskRun:
     root = tmp_path_factory.mktemp("privacy")
     state = root / "state"
     cfg = write_config(root / "kiosk.toml", state)
+    # The kiosk loop runs offline; `outbox drain` then publishes to a private broker.
+    broker = start_mosquitto(tmp_path_factory.mktemp("privacy-broker"))
+    cfg.write_text(cfg.read_text().replace(
+        "[mqtt]\n", f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+    ))
     env = cli_env(cfg, root / "tmp")
     claims = root / "keypad-lines.txt"
     claims.write_text(f"{PHONE}\n")  # what a customer types on the bakery keypad
@@ -83,8 +90,14 @@ def kiosk_run(tmp_path_factory: pytest.TempPathFactory) -> KioskRun:
             proc = facegate(env, "-v", *argv)
             assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
             run.procs[name] = proc
+        with sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True) as db:
+            run.events = db.execute("SELECT type, payload FROM outbox ORDER BY id").fetchall()
+        proc = facegate(env, "-v", "outbox", "drain", "--timeout", "20")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        run.procs["outbox-drain"] = proc
     finally:
         os.umask(umask)
+        broker.stop()
     return run
 
 
@@ -189,6 +202,8 @@ def test_the_session_really_enrolled_verified_and_paid(kiosk_run: KioskRun) -> N
     assert any(e.startswith("payment.authorize") for e in summary["events"])
     status = json.loads(kiosk_run.procs["outbox-status"].stdout)
     assert status["pending"] >= 2
+    drained = json.loads(kiosk_run.procs["outbox-drain"].stdout.splitlines()[-1])
+    assert drained["drained"] and drained["acked"] == status["pending"]
 
 
 def test_recomputed_template_is_the_one_the_store_holds(plaintext: dict[str, np.ndarray]) -> None:
@@ -359,8 +374,7 @@ BIOMETRIC = re.compile(r"embed|template|vector|landmark|image|frame|chip|face|pi
 def test_outbox_events_carry_no_arrays_of_numbers_and_no_biometric_field(
     kiosk_run: KioskRun,
 ) -> None:
-    with sqlite3.connect(f"file:{kiosk_run.state / 'outbox.db'}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT type, payload FROM outbox ORDER BY id").fetchall()
+    rows = kiosk_run.events
     types = [t for t, _ in rows]
     assert "payment.authorize" in types and "verify.reject" in types, types
     for _, payload in rows:
