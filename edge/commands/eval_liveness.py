@@ -1,0 +1,42 @@
+"""`facegate eval liveness --data DIR [--json OUT]`: blink detection and liveness sessions.
+
+Prints the JSON of DESIGN.md section 4 plus diagnostics: `blinks_found`, `open_eye_sessions` /
+`open_eye_accepted` (live people who do not blink: must not pass), `blink_replay_sessions` /
+`blink_replay_accepted` (the blink videos replayed with randomly timed prompts), rejection
+`reasons`, `identity_check` (embedder loaded). Exit 1 when a target of the liveness issue is
+missed, 2 on unusable data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edge.config import Config
+from edge.eval_liveness import Analyser, evaluate, meets_targets
+from edge.vision.pipeline import VisionPipeline
+
+
+def _load_pipeline(cfg: Config) -> VisionPipeline:
+    """The pipeline with the embedder when its module and model are present (continuity
+    similarity), otherwise without: liveness is evaluated either way."""
+    from edge.errors import ModelError
+
+    try:
+        return VisionPipeline.from_config(cfg, with_embedder=True)
+    except ModelError:
+        return VisionPipeline.from_config(cfg, with_embedder=False)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    result = evaluate(Path(args.data), cfg, Analyser(_load_pipeline(cfg)))
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.json_out:
+        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    if not result["identity_check"]:
+        print("note: embedder not available; sessions ran without the identity check",
+              file=sys.stderr)
+    return 0 if meets_targets(result) else 1

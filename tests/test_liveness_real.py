@@ -1,0 +1,300 @@
+"""Blink detection and liveness sessions on the real liveness data (../shared/data/liveness).
+
+Every video is run through the real vision pipeline once per module (in memory, no pixels kept);
+the tests replay those observations through the real detector and session.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import require_data
+
+from edge.config import Config
+from edge.errors import ModelError
+from edge.eval_liveness import (
+    Analyser,
+    FrameRecord,
+    LivenessData,
+    live_blink_sessions,
+    read_data,
+    retime,
+    run_session,
+    score_blinks,
+    seeded,
+    still_frames,
+    video_blinks,
+    video_frames,
+)
+from edge.liveness import ContinuityMonitor
+from edge.vision.pipeline import VisionPipeline
+
+pytestmark = pytest.mark.slow
+CFG = Config()
+
+# Two EyeBlink8 "open-eye" clips show a complete blink (eyes visibly shut in the frames named;
+# checked on enlarged crops). They contradict their live_open label, so they are left out of
+# the no-blink requirement (and reported to the data owner) instead of being tuned away.
+MISLABELLED_OPEN_CLIPS = {
+    "openeye/eyeblink8_s1_c18.mp4": "lids closed in frames 9-11",
+    "openeye/eyeblink8_s5_c35.mp4": "lids closed in frames 4-8",
+}
+
+
+@pytest.fixture(scope="module")
+def data() -> LivenessData:
+    return read_data(require_data("liveness"))
+
+
+@pytest.fixture(scope="module")
+def analyser() -> Analyser:
+    require_data("liveness")
+    try:
+        pipeline = VisionPipeline.from_config(CFG, with_embedder=True)
+    except ModelError:
+        pipeline = VisionPipeline.from_config(CFG, with_embedder=False)
+    return Analyser(pipeline)
+
+
+@pytest.fixture(scope="module")
+def records(analyser: Analyser, data: LivenessData) -> Callable[..., list[FrameRecord]]:
+    """Per-video observations, computed once per module; `embed=False` skips the embedder
+    (blink-only uses such as the 293 open-eye clips)."""
+    cache: dict[tuple[str, bool], list[FrameRecord]] = {}
+    root = require_data("liveness")
+    plain = Analyser(VisionPipeline.from_config(CFG, with_embedder=False))
+
+    def get(name: str, embed: bool = True) -> list[FrameRecord]:
+        if (name, True) in cache:
+            return cache[(name, True)]
+        if (name, embed) not in cache:
+            chosen = analyser if embed else plain
+            cache[(name, embed)] = chosen.run(video_frames(root / name, CFG))
+        return cache[(name, embed)]
+
+    return get
+
+
+def blink_videos(data: LivenessData) -> list:
+    return [v for v in data.videos if v.kind == "live_blink"]
+
+
+# -- blink detection -----------------------------------------------------------------------
+
+
+def test_every_annotated_blink_is_found_within_two_frames(data, records) -> None:
+    missed = []
+    for v in blink_videos(data):
+        blinks = video_blinks(records(v.name), CFG)
+        for a in v.annotations:
+            if a.label != "blink":
+                continue
+            if not any(abs(b.start_index - a.start) <= 2 for b in blinks):
+                missed.append((v.name, a.start, [b.start_index for b in blinks]))
+    assert missed == []
+
+
+def test_no_blink_is_reported_where_the_eyes_stay_open(data, records) -> None:
+    false_alarms = []
+    for v in data.videos:
+        if v.kind not in ("live_blink", "live_open") or v.name.startswith("openeye/"):
+            continue
+        score = score_blinks(video_blinks(records(v.name), CFG), v.annotations)
+        if score.detected != score.correct:
+            false_alarms.append(v.name)
+    assert false_alarms == []
+
+
+@pytest.mark.parametrize("step", [2, 3])  # 30 fps -> 15 fps and 10 fps (24 fps -> 12 / 8)
+def test_blinks_are_found_at_low_frame_rates_without_false_alarms(data, records, step) -> None:
+    found = annotated = 0
+    false_alarms: list[tuple[str, int]] = []
+    for v in data.videos:
+        if v.kind not in ("live_blink", "live_open") or v.name.startswith("openeye/"):
+            continue
+        for phase in range(step):
+            sub = records(v.name)[phase::step]
+            score = score_blinks(video_blinks(sub, CFG), v.annotations)
+            found += score.found
+            annotated += score.annotated
+            if score.detected != score.correct:
+                false_alarms.append((v.name, phase))
+    # Subsampling can skip the closed frames of a short blink altogether: most, not all.
+    assert found / annotated >= 0.8
+    assert false_alarms == []
+
+
+def test_no_blink_on_any_open_eye_clip(data, records) -> None:
+    clips = [v for v in data.videos if v.name.startswith("openeye/")]
+    assert clips, "no open-eye clips listed"
+    blinking = {v.name for v in clips if video_blinks(records(v.name, embed=False), CFG)}
+    assert blinking - set(MISLABELLED_OPEN_CLIPS) == set()
+
+
+# -- live sessions -------------------------------------------------------------------------
+
+
+def test_live_people_pass_when_the_prompt_precedes_their_blink(data, records) -> None:
+    decisions = []
+    for v in blink_videos(data):
+        sessions = live_blink_sessions(records(v.name), v.annotations, CFG, 0, v.name)
+        decisions += [(v.name, d.reason) for d in sessions]
+    annotated = [a for v in blink_videos(data) for a in v.annotations if a.label == "blink"]
+    assert len(decisions) == len(annotated)
+    rejected = [d for d in decisions if d[1] is not None]
+    assert len(rejected) <= 0.05 * len(decisions), rejected
+
+
+def test_the_track_of_a_person_turning_their_head_is_continuous(data, records) -> None:
+    v = next(v for v in data.videos if v.kind == "unannotated")
+    mon = ContinuityMonitor(CFG.liveness.continuity_min_iou, CFG.vision.min_face_px)
+    violations = [r.index for r in records(v.name) if mon.update(r.t, [o.box for o in r.faces])[1]]
+    assert violations == []
+
+
+def test_several_people_in_view_break_continuity(data, records) -> None:
+    v = next(v for v in data.videos if v.kind == "multi_face" and "hamilton" in v.name)
+    mon = ContinuityMonitor(CFG.liveness.continuity_min_iou, CFG.vision.min_face_px)
+    assert any(mon.update(r.t, [o.box for o in r.faces])[1] for r in records(v.name))
+
+
+# -- attacks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handheld", [False, True], ids=["frozen", "handheld"])
+def test_every_still_is_rejected_when_presented_statically(data, analyser, handheld) -> None:
+    from edge.camera import read_image
+
+    stills = [a for a in data.attacks if a.presentation == "static"]
+    assert stills
+    seconds = CFG.liveness.prompt_delay_max_s + CFG.liveness.response_window_s + 1.5
+    outcomes = {}
+    for a in stills:
+        image = read_image(a.path, a.name)
+        frames = still_frames(image, seconds, 30.0, random.Random(5), handheld=handheld)
+        records = analyser.run(frames, embed=False)
+        outcomes[a.name] = run_session(records, CFG, random.Random(1)).decision.reason
+    assert None not in outcomes.values(), outcomes
+    if not handheld:
+        # Identical frames: caught by the motion check (or the quality gates) before any blink.
+        reasons = {r for r in outcomes.values() if r is not None}
+        assert {r for r in reasons if not r.startswith("quality:")} <= {"static"}, outcomes
+
+
+def test_screen_replays_are_rejected(data, records) -> None:
+    for a in (a for a in data.attacks if a.presentation == "video"):
+        recs = records(a.name)
+        start = 0
+        while start < len(recs):
+            run = run_session(recs, CFG, seeded(0, a.name, start), start=start)
+            assert not run.decision.accepted, (a.name, start)
+            start = max(run.end, start + 1)
+
+
+def _blink_cases(data: LivenessData):
+    for v in blink_videos(data):
+        for a in v.annotations:
+            if a.label == "blink":
+                yield v, a
+
+
+def test_a_video_with_its_blink_frames_cut_out_is_rejected(data, records) -> None:
+    for v, a in _blink_cases(data):
+        recs = records(v.name)
+        fps = len(recs) / (recs[-1].t - recs[0].t)
+        lo, hi = max(0, a.start - 2), a.end + 4  # the blink and its margins are removed
+        # The session sees the second before and after the cut, but no other closure.
+        others = [o for o in v.annotations if o != a]
+        first = max([lo - int(fps)] + [o.end + 3 for o in others if o.end < a.start])
+        last = min([hi + int(fps)] + [o.start - 3 for o in others if o.start > a.end])
+        cut = retime(recs[max(0, first) : lo] + recs[hi : max(hi, last)], fps)
+        prompt_t = cut[lo - max(0, first)].t - 0.4 if lo - max(0, first) < len(cut) else 0.0
+        d = run_session(cut, CFG, random.Random(3), prompt_t=prompt_t).decision
+        assert not d.accepted, (v.name, a.start)
+
+
+def test_frozen_frames_are_rejected(data, records) -> None:
+    for v in blink_videos(data):
+        recs = records(v.name)
+        fps = len(recs) / (recs[-1].t - recs[0].t)
+        still = [recs[len(recs) // 2]] * int(fps * 6)
+        d = run_session(retime(still, fps), CFG, random.Random(2)).decision
+        assert d.reason == "static", (v.name, d.reason)
+
+
+def test_a_face_swapped_for_another_person_mid_session_fails_closed(
+    data, records, analyser
+) -> None:
+    # The attacker shows person A until just before the prompt, then a recording of person B
+    # blinking. Pairs include two of the same framing (only the embedding can tell them apart).
+    pairs = [
+        ("videos/blink_portrait_24fps.mp4", "videos/blink_webcam_7blinks_30fps.mp4"),
+        ("videos/blink_webcam_7blinks_30fps.mp4", "videos/blink_portrait_24fps.mp4"),
+    ]
+    if analyser.has_embedder:
+        pairs += [
+            ("videos/liveportrait_d20_25fps.mp4", "videos/liveportrait_d10_30fps.mp4"),
+            ("videos/liveportrait_d10_30fps.mp4", "videos/liveportrait_d12_25fps.mp4"),
+            ("videos/liveportrait_d12_25fps.mp4", "videos/liveportrait_d19_30fps.mp4"),
+        ]
+    by_name = {v.name: v for v in data.videos}
+    for a_name, b_name in pairs:
+        b_blink = next(a for a in by_name[b_name].annotations if a.label == "blink")
+        head = records(a_name)[:45]
+        tail = records(b_name)[max(0, b_blink.start - 8) : b_blink.start + 30]
+        spliced = retime(head + tail, 30.0)
+        prompt_t = spliced[len(head)].t - 0.1
+        d = run_session(spliced, CFG, random.Random(4), prompt_t=prompt_t).decision
+        assert d.reason == "face_changed", (a_name, b_name, d.reason)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def test_eval_liveness_command_on_a_small_folder_of_the_same_format(tmp_path: Path) -> None:
+    root = require_data("liveness")
+    sub = tmp_path / "subset"
+    (sub / "videos").mkdir(parents=True)
+    (sub / "openeye").mkdir()
+    (sub / "stills").mkdir()
+    keep = ["videos/blink_glasses_lowres_25fps.mp4", "openeye/eyeblink8_s0_c0.mp4"]
+    for name in keep + ["stills/facerec_obama.jpg"]:
+        (sub / name).symlink_to(root / name)  # links, never copies of the data
+    lines = (root / "videos.csv").read_text().splitlines()
+    rows = [lines[0]] + [ln for ln in lines if ln.split(",")[0] in keep]
+    (sub / "videos.csv").write_text("\n".join(rows) + "\n")
+    blinks = (root / "blinks.csv").read_text().splitlines()
+    rows = [blinks[0]] + [ln for ln in blinks if ln.startswith("blink_glasses")]
+    (sub / "blinks.csv").write_text("\n".join(rows) + "\n")
+    (sub / "attacks.csv").write_text(
+        "file,label,presentation,source\nstills/facerec_obama.jpg,still_photo,static,ours\n"
+    )
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "eval", "liveness", "--data", str(sub), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result
+    for key in ("videos", "blinks_annotated", "blinks_detected", "blink_recall", "blink_precision",
+                "attacks", "attacks_accepted", "apcer", "live_sessions", "live_rejected", "bpcer"):
+        assert key in result
+    assert result["videos"] == 2 and result["blinks_annotated"] == 1 and result["attacks"] == 2
+    assert result["attacks_accepted"] == 0 and result["live_sessions"] == 1
+    expected = 0 if result["blink_recall"] >= 0.95 and result["bpcer"] <= 0.05 else 1
+    assert proc.returncode == expected, proc.stderr
+
+
+def test_eval_liveness_refuses_a_folder_without_the_csv_files(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "eval", "liveness", "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "blinks.csv is missing" in proc.stderr
