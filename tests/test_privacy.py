@@ -228,15 +228,18 @@ def test_no_image_file_is_written_in_the_state_dir_temp_dir_or_repo(kiosk_run: K
     assert images == []
 
 
-def test_no_raw_frame_pixels_are_written_anywhere_under_the_run(kiosk_run: KioskRun) -> None:
+def _pixel_needles(video: Path) -> tuple[list[bytes], np.ndarray]:
+    """Short pixel runs from the middle (the face) of the first frames, as BGR, RGB and gray,
+    and the first frame itself (for the control test)."""
     import cv2
 
-    needles = []
-    cap = cv2.VideoCapture(str(kiosk_run.video))
+    needles, first = [], None
+    cap = cv2.VideoCapture(str(video))
     try:
         for _ in range(15):  # the frames enrolment sampled from
             ok, bgr = cap.read()
             assert ok
+            first = bgr if first is None else first
             h, w = bgr.shape[:2]
             patch = np.ascontiguousarray(bgr[h // 2, w // 2 - 16 : w // 2 + 16])  # 96 bytes
             assert len(set(patch.tobytes())) > 12, "pick a textured row (the face)"
@@ -245,6 +248,34 @@ def test_no_raw_frame_pixels_are_written_anywhere_under_the_run(kiosk_run: Kiosk
             needles.append(np.ascontiguousarray(gray).tobytes())
     finally:
         cap.release()
+    assert first is not None
+    return needles, first
+
+
+def test_the_scanners_would_find_an_image_or_a_raw_frame(
+    kiosk_run: KioskRun, tmp_path: Path
+) -> None:
+    import cv2
+
+    needles, frame = _pixel_needles(kiosk_run.video)
+    assert cv2.imwrite(str(tmp_path / "a.png"), frame)
+    assert cv2.imwrite(str(tmp_path / "b.jpg"), frame)
+    assert cv2.imwrite(str(tmp_path / "c.bmp"), frame)
+    np.save(tmp_path / "d.npy", frame)
+    for src, disguised in (("a.png", "x.dat"), ("b.jpg", "y"), ("c.bmp", "z.bin"),
+                           ("d.npy", "w.tmp")):
+        (tmp_path / src).rename(tmp_path / disguised)
+    assert sorted(str(image_kind(p)) for p in _files(tmp_path)) == ["bmp", "jpeg", "npy", "png"]
+    raw = tmp_path / "frame.raw"
+    raw.write_bytes(frame.tobytes())
+    rgb = tmp_path / "frame-rgb.raw"
+    rgb.write_bytes(np.ascontiguousarray(frame[:, :, ::-1]).tobytes())
+    found = holders(needles, tmp_path)
+    assert any(str(raw) in f for f in found) and any(str(rgb) in f for f in found)
+
+
+def test_no_raw_frame_pixels_are_written_anywhere_under_the_run(kiosk_run: KioskRun) -> None:
+    needles, _ = _pixel_needles(kiosk_run.video)
     assert holders(needles, kiosk_run.root) == []
 
 
