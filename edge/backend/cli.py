@@ -97,6 +97,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
         if path and not os.path.isfile(path):
             raise ConfigError([f"{flag} {path}: no such file; give the PEM file path"])
+    if not 0 <= args.max_bytes <= 16 * 1024 * 1024:
+        raise ConfigError([f"--max-bytes {args.max_bytes}: use 1..16777216 (0 = 4096)"])
+    if not 0 <= args.session_expiry <= 0xFFFFFFFF:
+        raise ConfigError([f"--session-expiry {args.session_expiry}: use 0..4294967295 s"])
     if bool(args.cert) != bool(args.key):
         raise ConfigError(["--cert and --key go together (mutual TLS); give both or neither"])
     options = WorkerOptions(broker=broker, ca_file=args.ca, cert_file=args.cert,
