@@ -64,6 +64,8 @@ def test_similarity_is_least_squares_and_never_a_reflection() -> None:
 def test_degenerate_or_mismatched_points_are_refused() -> None:
     with pytest.raises(DataError, match="degenerate"):
         chip_transform(np.full((5, 2), 3.0))
+    with pytest.raises(DataError, match="not finite"):
+        chip_transform(np.where(np.eye(5, 2) > 0, np.nan, CHIP_POINTS))
     with pytest.raises(DataError, match="matching"):
         similarity(np.zeros((4, 2)), np.zeros((5, 2)))
 

@@ -64,6 +64,8 @@ def similarity(src: NDArray[np.floating], dst: NDArray[np.floating]) -> NDArray[
     d = np.asarray(dst, dtype=np.float64)
     if s.shape != d.shape or s.ndim != 2 or s.shape[1] != 2 or len(s) < 2:
         raise DataError(f"similarity needs matching (N>=2, 2) point sets, got {s.shape}, {d.shape}")
+    if not (np.isfinite(s).all() and np.isfinite(d).all()):
+        raise DataError("face points are not finite (NaN/inf landmarks): cannot align")
     ms, md = s.mean(axis=0), d.mean(axis=0)
     sc, dc = s - ms, d - md
     var = float((sc**2).sum()) / len(s)
