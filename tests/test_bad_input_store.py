@@ -136,7 +136,7 @@ def test_kiosk_loop_refuses_to_start_with_a_template_key_from_the_wrong_backup(
     assert_input_error(proc, "template error", "template key does not match")
 
 
-@pytest.mark.parametrize("command", ALL)
+@pytest.mark.parametrize("command", ["verify", "run", "templates-revoke", "keys-public"])
 def test_world_readable_key_file_is_refused_with_the_chmod_that_fixes_it(
     kiosk: tuple[Path, dict[str, str], Path], command: str
 ) -> None:
@@ -160,7 +160,7 @@ def test_world_readable_key_directory_is_refused_with_the_chmod_that_fixes_it(
     )
 
 
-@pytest.mark.parametrize("command", ALL)
+@pytest.mark.parametrize("command", ["verify", "enroll", "run", "templates-list"])
 def test_missing_keys_tell_the_operator_to_run_keys_init(
     kiosk: tuple[Path, dict[str, str], Path], command: str
 ) -> None:

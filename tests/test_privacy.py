@@ -47,6 +47,7 @@ class KioskRun:
     porcelain_before: set[str]
     procs: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
     events: list[tuple[str, bytes]] = field(default_factory=list)  # outbox rows before drain
+    published: list[bytes] = field(default_factory=list)  # what the broker delivered
 
 
 def _porcelain() -> set[str]:
@@ -92,13 +93,40 @@ def kiosk_run(tmp_path_factory: pytest.TempPathFactory) -> KioskRun:
             run.procs[name] = proc
         with sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True) as db:
             run.events = db.execute("SELECT type, payload FROM outbox ORDER BY id").fetchall()
-        proc = facegate(env, "-v", "outbox", "drain", "--timeout", "20")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        run.procs["outbox-drain"] = proc
+        run.published = _drain_to_subscriber(env, broker.host, broker.port, run)
     finally:
         os.umask(umask)
         broker.stop()
     return run
+
+
+def _drain_to_subscriber(env: dict[str, str], host: str, port: int, run: KioskRun) -> list[bytes]:
+    """`outbox drain` while a backend-like subscriber listens; returns what it received."""
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    sub.on_message = lambda client, userdata, msg: got.append(bytes(msg.payload))
+    sub.on_subscribe = lambda *args: subscribed.set()
+    sub.connect(host, port)
+    sub.loop_start()
+    try:
+        sub.subscribe("facegate/v1/#", qos=1)
+        assert subscribed.wait(10), "subscriber not ready"
+        proc = facegate(env, "-v", "outbox", "drain", "--timeout", "20")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        run.procs["outbox-drain"] = proc
+        deadline = time.monotonic() + 10
+        while len(got) < len(run.events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    return got
 
 
 @pytest.fixture(scope="module")
@@ -402,10 +430,11 @@ def _number_arrays(value: Any, path: str = "") -> list[str]:
 BIOMETRIC = re.compile(r"embed|template|vector|landmark|image|frame|chip|face|pixel", re.I)
 
 
-def test_outbox_events_carry_no_arrays_of_numbers_and_no_biometric_field(
+def test_events_queued_and_published_carry_no_arrays_of_numbers_nor_biometric_fields(
     kiosk_run: KioskRun,
 ) -> None:
     rows = kiosk_run.events
+    assert sorted(kiosk_run.published) == sorted(p for _, p in rows), "published = queued"
     types = [t for t, _ in rows]
     assert "payment.authorize" in types and "verify.reject" in types, types
     for _, payload in rows:
