@@ -50,6 +50,7 @@ from edge.outbox import Outbox
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 86_400  # the broker keeps our cmd subscription (and queued commands) a day
 REFUSAL_AUDIT_EVERY_S = 10.0
+NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason code
 FAILED_RETRY_S = 5.0  # a PUBACK with a failure code: try that event again after this long
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the back-off
 POLL_S = 0.5  # look for rows enqueued by other processes at least this often
@@ -253,8 +254,11 @@ class MqttLink:
         row = self._inflight.pop(mid, None)
         if row is None:
             return  # the status message
-        if rc.is_failure:
-            log.warning("broker refused event row %d: %s", row, rc)
+        if rc.is_failure or getattr(rc, "value", 0) == NO_MATCHING_SUBSCRIBERS:
+            # 0x10 is a "success" code, but it means nobody received the event: right after a
+            # broker restart the backend's shared subscription may not be back yet. Keep the
+            # row and try again; the idempotent ledger absorbs any double delivery.
+            log.warning("broker did not deliver event row %d: %s", row, rc)
             self.stats.puback_failures += 1
             self._cooling[row] = time.monotonic() + FAILED_RETRY_S
             return
