@@ -8,7 +8,6 @@ always required; only the prompt time is chosen by the evaluation where the prot
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import random
@@ -23,87 +22,20 @@ from numpy.typing import NDArray
 
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.errors import DataError
 from edge.liveness import Blink, detect_blinks, eye_openness
+from edge.liveness_data import LIVE_KINDS as LIVE_KINDS
+from edge.liveness_data import Annotation as Annotation
+from edge.liveness_data import AttackEntry as AttackEntry
+from edge.liveness_data import BlinkScore as BlinkScore
+from edge.liveness_data import LivenessData as LivenessData
+from edge.liveness_data import VideoEntry as VideoEntry
+from edge.liveness_data import read_data as read_data
+from edge.liveness_data import score_blinks as score_blinks
 from edge.session import Decision, Embedding, QualityLike, VerificationSession
 
-LIVE_KINDS = ("live_blink", "live_open")
-TOLERANCE_FRAMES = 2  # annotations are by eye: a detection this close still matches
 PROMPT_BEFORE_BLINK_S = (0.2, 0.6)  # the prompt is placed this long before a live blink
 SESSION_LEAD_S = 1.0  # a live session starts this long before its prompt (acquisition)
 _PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)  # replayed frames carry no pixels
-
-
-@dataclass(frozen=True)
-class Annotation:
-    start: int  # first frame, inclusive
-    end: int  # last frame, inclusive
-    label: str  # "blink" or "ambiguous"
-
-
-@dataclass(frozen=True)
-class VideoEntry:
-    path: Path
-    name: str  # as written in videos.csv
-    kind: str
-    annotations: tuple[Annotation, ...]
-
-
-@dataclass(frozen=True)
-class AttackEntry:
-    path: Path
-    name: str
-    label: str
-    presentation: str  # "static" or "video"
-
-
-@dataclass(frozen=True)
-class LivenessData:
-    videos: tuple[VideoEntry, ...]
-    attacks: tuple[AttackEntry, ...]
-
-
-def _rows(path: Path, need: Sequence[str]) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise DataError(f"{path} is missing; give a folder in the `eval liveness` format")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in need if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; see MANIFEST.md")
-        return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
-
-
-def read_data(root: Path) -> LivenessData:
-    """Parse videos.csv, blinks.csv and attacks.csv under `root` (DataError naming the row)."""
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder; give the liveness data folder")
-    annotations: dict[str, list[Annotation]] = {}
-    blinks_csv = root / "blinks.csv"
-    for n, row in enumerate(_rows(blinks_csv, ("video", "start_frame", "end_frame", "label")), 2):
-        try:
-            ann = Annotation(int(row["start_frame"]), int(row["end_frame"]), row["label"])
-        except ValueError:
-            raise DataError(f"{blinks_csv}:{n}: frame numbers must be integers") from None
-        if ann.label not in ("blink", "ambiguous") or ann.end < ann.start:
-            raise DataError(f"{blinks_csv}:{n}: label must be blink/ambiguous, end >= start")
-        annotations.setdefault(row["video"], []).append(ann)
-    videos = []
-    for row in _rows(root / "videos.csv", ("video", "kind")):
-        name = row["video"]
-        anns = annotations.get(name, []) + annotations.get(Path(name).name, [])
-        videos.append(VideoEntry(root / name, name, row["kind"], tuple(anns)))
-    attacks = []
-    attacks_csv = root / "attacks.csv"
-    for n, row in enumerate(_rows(attacks_csv, ("file", "label", "presentation")), 2):
-        if row["presentation"] not in ("static", "video"):
-            raise DataError(f"{attacks_csv}:{n}: presentation must be static or video")
-        entry = AttackEntry(root / row["file"], row["file"], row["label"], row["presentation"])
-        attacks.append(entry)
-    for p in [v.path for v in videos] + [a.path for a in attacks]:
-        if not p.is_file():
-            raise DataError(f"{p} is listed but missing; restore it or fix the CSV")
-    return LivenessData(tuple(videos), tuple(attacks))
 
 
 # -- per-frame analysis, done once per video -------------------------------------------------
@@ -241,35 +173,6 @@ def video_blinks(records: Sequence[FrameRecord], cfg: Config) -> list[Blink]:
     return detect_blinks(
         [r.t for r in records], primary_ears(records), cfg.liveness, [r.index for r in records]
     )
-
-
-@dataclass(frozen=True)
-class BlinkScore:
-    annotated: int
-    found: int  # annotated blinks matched by a detection
-    detected: int  # detections counted (not those on ambiguous rows)
-    correct: int  # detections matching an annotated blink
-
-
-def score_blinks(blinks: Sequence[Blink], annotations: Sequence[Annotation]) -> BlinkScore:
-    """Match detections to annotated blinks (+-TOLERANCE_FRAMES); ambiguous rows are neutral."""
-    tol = TOLERANCE_FRAMES
-    found: set[int] = set()
-    detected = correct = 0
-    for b in blinks:
-        near = [
-            k
-            for k, a in enumerate(annotations)
-            if b.start_index <= a.end + tol and b.end_index >= a.start - tol
-        ]
-        real = [k for k in near if annotations[k].label == "blink"]
-        if real:
-            detected, correct = detected + 1, correct + 1
-            found.update(real)
-        elif not near:
-            detected += 1
-    annotated = sum(1 for a in annotations if a.label == "blink")
-    return BlinkScore(annotated, len(found), detected, correct)
 
 
 # -- sessions --------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.errors import DataError
 from edge.eval_liveness import Annotation, read_data, score_blinks, seeded, still_frames
@@ -107,3 +109,19 @@ def test_seeded_random_sources_depend_only_on_their_labels() -> None:
     assert seeded(0, "a", 1).random() == seeded(0, "a", 1).random()
     assert seeded(0, "a", 1).random() != seeded(0, "a", 2).random()
     assert seeded(0, "a", 1).random() != seeded(1, "a", 1).random()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(alphabet=st.sampled_from(list("abc,0123456789-\n\"x ")), max_size=200))
+def test_any_blinks_csv_parses_or_is_a_data_error(tmp_path_factory, text: str) -> None:
+    root = tmp_path_factory.mktemp("data")
+    header = "video,start_frame,end_frame,source,label\n"
+    folder = make_folder(root, VIDEOS, header + text, ATTACKS)
+    try:
+        data = read_data(folder)
+    except DataError:
+        return
+    for a in data.videos[0].annotations:
+        assert a.label in ("blink", "ambiguous") and a.end >= a.start
