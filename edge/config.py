@@ -67,6 +67,9 @@ class VisionConfig:
     detect_score: float = _f(0.6, lo=0.05, hi=0.99)
     nms_iou: float = _f(0.3, lo=0.05, hi=0.95)
     min_face_px: int = _f(40, lo=8, hi=2000)
+    # Embed the chip and its mirror and average: +3 pt TAR@FAR1e-3 on LFW for 2x embed time.
+    # The shipped thresholds were calibrated with it on; recalibrate if you turn it off.
+    flip_tta: bool = _f(True)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class VisionPipeline:
             except ImportError as exc:
                 msg = f"embedder module unavailable ({exc}); reinstall facegate"
                 raise ModelError(msg) from exc
-            embedder = embed_mod.Embedder(model_path(d, EMBEDDER), v.threads)
+            embedder = embed_mod.Embedder(model_path(d, EMBEDDER), v.threads, v.flip_tta)
         return cls(detector, marks, cfg.quality, float(v.min_face_px), embedder)
 
     @property
