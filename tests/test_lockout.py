@@ -104,9 +104,19 @@ def test_a_corrupt_database_is_a_clear_error(state_dir: Path) -> None:
 
 def test_database_is_created_private(state_dir: Path) -> None:
     sub = state_dir / "nested"
-    with LockoutStore.open(sub, CFG, Clock()):
-        pass
+    old_umask = os.umask(0o022)
+    try:
+        with LockoutStore.open(sub, CFG, Clock()) as store:
+            store.record_failure(PHONE)
+            files = [p for p in sub.iterdir() if p.name.startswith(DB_NAME)]
+            assert len(files) >= 2  # the WAL side files exist while the store is open
+            assert all(p.stat().st_mode & 0o077 == 0 for p in files)
+    finally:
+        os.umask(old_umask)
     assert (sub / DB_NAME).is_file()
     assert os.stat(sub).st_mode & 0o077 == 0
+    # The database and SQLite's side files are private even under a permissive umask.
+    files = [p for p in sub.iterdir() if p.name.startswith(DB_NAME)]
+    assert files and all(p.stat().st_mode & 0o077 == 0 for p in files)
     with sqlite3.connect(sub / DB_NAME) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -453,13 +453,6 @@ def _walk_keys(value: Any) -> Iterator[str]:
             yield from _walk_keys(v)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge/lockout.py creates lockout.sqlite with the process umask (0644 under the usual "
-    "022): the salt of the claim HMACs is readable by group and others, while templates.db, "
-    "outbox.db and the keys are created 0600 explicitly (mitigated: the state dir is 0700 and "
-    "systemd/facegate.service sets UMask=0077)",
-)
 def test_every_file_in_the_state_dir_is_private_to_the_service_user(kiosk_run: KioskRun) -> None:
     assert (kiosk_run.state.stat().st_mode & 0o077) == 0
     exposed = [
