@@ -19,6 +19,7 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 _SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PHONE_LIKE = re.compile(r"\+?\d[\d-]{6,}")  # 7+ digits: a phone or card number, not an id
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 MAX_AMOUNT = 1e7
 
@@ -43,6 +44,9 @@ def parse_claim_line(line: str, method: str = "pos") -> Claim:
     if not parts or len(parts) > 3:
         raise ValueError("expected 'SUBJECT [AMOUNT] [REF]'")
     subject = parts[0]
+    if _PHONE_LIKE.fullmatch(subject):
+        # Never echo it: the back office maps phone numbers to pseudonymous subject ids.
+        raise ValueError("a phone number is not a subject id; send the mapped subject id")
     if not _SUBJECT.fullmatch(subject):
         raise ValueError("subject id must be 1-64 of [A-Za-z0-9_.-]")
     amount: float | None = None

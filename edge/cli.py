@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +28,26 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: usage error: {message}\n")
 
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _amount(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite amount >= 0")
+    return value
 
 
 def _common() -> _Parser:
@@ -50,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="run the kiosk loop")
     p.add_argument("--source", metavar="URI", help="camera source URI (overrides config)")
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
     p.add_argument("--claim", metavar="'SUBJECT [AMOUNT] [REF]'",
                    help="use this claim for every session")
     p.add_argument("--claims-from", metavar="PATH",
@@ -67,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--source", metavar="URI", required=True)
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
-    p.add_argument("--amount", type=float, help="payment amount (step-up policy)")
+    p.add_argument("--amount", type=_amount, help="payment amount (step-up policy)")
     p.add_argument("--seed", type=int, help="seed for the challenge timing (tests)")
     p.set_defaults(handler="verify")
 

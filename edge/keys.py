@@ -175,6 +175,11 @@ def load_keys(state_dir: Path, device_id: str, credentials_dir: Path | None = No
         raise KeyStoreError(
             f"no device keys in {kdir}; run `facegate keys init` (or set $CREDENTIALS_DIRECTORY)"
         ) from None
+    except NotADirectoryError:
+        raise KeyStoreError(
+            f"state dir {state_dir} is not a directory; point [paths] state_dir "
+            "(or $FACEGATE_STATE_DIR) at a directory"
+        ) from None
     _check_private(kdir, st, is_dir=True)
     sign, seal, tmpl = (_read_key(kdir / FILE_NAMES[k], k) for k in FILE_NAMES)
     id_file = kdir / DEVICE_ID_FILE

@@ -125,6 +125,11 @@ class TemplateStore:
             ).fetchone()
         return None if row is None else (row[0], row[1], row[2], row[3], row[4], row[5])
 
+    def check_readable(self) -> None:
+        """TemplateError now if no record can be read (wrong template key, other device)."""
+        if self._problem is not None:
+            raise TemplateError(f"template store {self.path}: {self._problem}")
+
     def _refuse_writes_if_unreadable(self, subject: str) -> None:
         if self._problem is not None:
             raise TemplateError(f"subject {subject!r}: {self._problem}")

@@ -96,12 +96,7 @@ def test_keys_of_another_device_are_refused_naming_both_ids_and_the_fix(
     "command",
     [
         "verify",
-        pytest.param("enroll", marks=pytest.mark.xfail(
-            strict=True,
-            reason="edge/commands/enroll.py checks the store's template key only when it "
-            "writes, after the capture: the person is asked to look and blink first, and with "
-            "no face in view the operator gets 'no face seen' (exit 1) instead of the key error",
-        )),
+        "enroll",
     ],
 )
 def test_template_key_from_the_wrong_backup_is_refused_with_the_fix(
@@ -118,13 +113,6 @@ def test_template_key_from_the_wrong_backup_is_refused_with_the_fix(
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`facegate run` starts with a template key that cannot open the store: it logs a "
-    "WARNING per claim, rejects every customer with reason 'no_template' and exits 0; the "
-    "store's key check (TemplateStore._check_identity) is known at start-up, so "
-    "edge/commands/run.py should refuse to start (exit 2, 'restore the original template key')",
-)
 def test_kiosk_loop_refuses_to_start_with_a_template_key_from_the_wrong_backup(
     kiosk: tuple[Path, dict[str, str], Path], tmp_path: Path
 ) -> None:
@@ -241,24 +229,15 @@ def test_damaged_lockout_counters_are_named_with_the_fix_and_left_as_they_are(
     )
 
 
-_STATE_IS_A_FILE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="[paths] state_dir naming a regular file: edge/keys.py load_keys catches only "
-    "FileNotFoundError around os.stat(<state>/keys), so NotADirectoryError escapes as a "
-    "traceback (exit 1); edge/commands/run.py's state_dir.mkdir raises FileExistsError the "
-    "same way",
-)
-
 
 @pytest.mark.parametrize(
     ("argv", "prefix"),
     [
         (["keys", "init"], "key error"),
         (["outbox", "status"], "error"),
-        pytest.param(["templates", "list"], "key error", marks=_STATE_IS_A_FILE_BUG),
-        pytest.param(["verify", SUBJECT, "--source", "cam:9"], "key error",
-                     marks=_STATE_IS_A_FILE_BUG),
-        pytest.param(["run", "--source", "cam:9"], "error", marks=_STATE_IS_A_FILE_BUG),
+        (["templates", "list"], "key error"),
+        (["verify", SUBJECT, "--source", "cam:9"], "key error"),
+        (["run", "--source", "cam:9"], "error"),
     ],
     ids=["keys-init", "outbox-status", "templates-list", "verify", "run"],
 )

@@ -229,7 +229,7 @@ def test_the_session_really_enrolled_verified_and_paid(kiosk_run: KioskRun) -> N
     assert any(d["decision"] == "accept" for d in summary["decisions"])
     assert any(e.startswith("payment.authorize") for e in summary["events"])
     status = json.loads(kiosk_run.procs["outbox-status"].stdout)
-    assert status["pending"] >= 2
+    assert status["pending"] >= 1
     drained = json.loads(kiosk_run.procs["outbox-drain"].stdout.splitlines()[-1])
     assert drained["drained"] and drained["acked"] == status["pending"]
 
@@ -398,14 +398,6 @@ def test_the_log_scanner_would_catch_a_logged_template(plaintext: dict[str, np.n
     assert _suspicious_b64(base64.b64encode(vec.tobytes()).decode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a keypad line holding a phone number is accepted as a claim: its digits match the "
-    "subject-id pattern of edge/claims.py parse_claim_line, so the number is logged "
-    "(WARNING 'template for 13812345678 refused'), printed in the run summary and stored in "
-    "the outbox (verify.reject subject, published to the backend); the parser should refuse "
-    "phone-number-like subjects without echoing them",
-)
 def test_a_phone_number_typed_as_a_claim_is_never_logged_printed_or_stored(
     kiosk_run: KioskRun,
 ) -> None:
@@ -436,7 +428,8 @@ def test_events_queued_and_published_carry_no_arrays_of_numbers_nor_biometric_fi
     rows = kiosk_run.events
     assert sorted(kiosk_run.published) == sorted(p for _, p in rows), "published = queued"
     types = [t for t, _ in rows]
-    assert "payment.authorize" in types and "verify.reject" in types, types
+    # The keypad run typed a phone number: refused as a claim, so it made no event at all.
+    assert "payment.authorize" in types, types
     for _, payload in rows:
         event = json.loads(payload)
         assert _number_arrays(event) == [], event

@@ -30,13 +30,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 f"subject {subject!r} is already enrolled (version {existing.version}); "
                 f"revoke it first with `facegate templates revoke {subject}`"
             )
+        store.check_readable()  # a wrong template key is known now, not after the capture
         from edge.vision.pipeline import VisionPipeline
 
         pipeline = VisionPipeline.from_config(cfg, with_embedder=True)
         capture = EnrolmentCapture(cfg, pipeline, n_frames)
-        print("look at the camera and blink naturally", file=sys.stderr, flush=True)
         # File replays run as fast as possible: liveness uses the recording's own timeline.
+        # The source is opened before the prompt: nobody is asked to look at a dead camera.
         with open_source(args.source, cfg.camera, realtime=False) as source:
+            print("look at the camera and blink naturally", file=sys.stderr, flush=True)
             for frame in source:
                 if capture.step(frame, pipeline.observe(frame)):
                     break

@@ -45,7 +45,15 @@ def _claims(args: argparse.Namespace, cfg: Config) -> ClaimSource | None:
         except ValueError as exc:
             raise FacegateError(f"--claim {args.claim.split()[0]!r}...: {exc}") from None
     if args.claims_from:
-        stream = sys.stdin if args.claims_from == "-" else open(args.claims_from)  # noqa: SIM115
+        if args.claims_from == "-":
+            return LineClaims(sys.stdin, "pos")
+        try:
+            stream = open(args.claims_from, encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as exc:
+            raise FacegateError(
+                f"--claims-from {args.claims_from}: cannot open ({exc.strerror}); give the FIFO "
+                "or file the POS / keypad bridge writes claim lines to, or '-' for stdin"
+            ) from None
         return LineClaims(stream, "pos")
     if cfg.profile == "demo":
         return FixedClaim(Claim("demo-visitor", None, "", "liveness"))
@@ -54,6 +62,11 @@ def _claims(args: argparse.Namespace, cfg: Config) -> ClaimSource | None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     uri = args.source or cfg.camera.source or default_source_uri()
+    if cfg.state_dir.exists() and not cfg.state_dir.is_dir():
+        raise FacegateError(
+            f"state dir {cfg.state_dir} is not a directory; point [paths] state_dir "
+            "(or $FACEGATE_STATE_DIR) at a directory"
+        )
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = _keys(cfg)
     vision = VisionPipeline.from_config(cfg)
@@ -62,6 +75,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         source = open_source(uri, cfg.camera)
         stack.callback(source.close)
         store = stack.enter_context(TemplateStore(db_path(cfg.state_dir), keys))
+        store.check_readable()  # refuse to start rather than reject every customer
         outbox = stack.enter_context(Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox.max_events))
         lockout = stack.enter_context(LockoutStore.open(cfg.state_dir, cfg.session))
         presence = None
