@@ -28,6 +28,7 @@ from edge.camera import Source
 from edge.camera.base import Frame
 from edge.claims import Claim, ClaimSource
 from edge.config import Config
+from edge.debug_capture import DebugCapture
 from edge.errors import FacegateError
 from edge.events import EventFactory
 from edge.lockout import LockoutStore
@@ -114,6 +115,7 @@ class Kiosk:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        debug_capture: DebugCapture | None = None,
     ) -> None:
         self.cfg, self.source, self.vision, self.display = cfg, source, vision, display
         self.claims, self.store = claims, store
@@ -124,6 +126,8 @@ class Kiosk:
         self.clock = clock
         self.rng = rng
         self.stop_event = threading.Event()
+        self.debug_capture = debug_capture  # None unless [debug] capture_frames = true
+        self._frame: Frame | None = None
         self._last_prompt = ""
         self._active: _Active | None = None
         self._cooldown_until_absent = False
@@ -229,6 +233,8 @@ class Kiosk:
         summary["event"] = event[0] if event else None
         summary["stored"] = stored
         stats.decisions.append(summary)
+        if self.debug_capture is not None and self._frame is not None:
+            self.debug_capture.save(self._frame.image, f"{decision.decision}-{decision.reason}")
         # Whatever happened, the next session waits until this person has stepped away.
         self._cooldown_until_absent = True
         self._absent_since = None
@@ -310,6 +316,7 @@ class Kiosk:
                     break
                 stats.frames += 1
                 last_t = frame.t_monotonic
+                self._frame = frame
                 faces = self.vision.observe(frame.image) if self.vision is not None else []
                 if faces:
                     stats.frames_with_face += 1

@@ -11,6 +11,7 @@ from edge.actuators import make_actuator
 from edge.camera import open_source
 from edge.claims import Claim, ClaimSource, FixedClaim, LineClaims, parse_claim_line
 from edge.config import Config
+from edge.debug_capture import DebugCapture
 from edge.demo_source import default_source_uri
 from edge.errors import FacegateError, KeyStoreError
 from edge.events import EventFactory
@@ -88,10 +89,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
             link = start_link(cfg, keys, outbox)
             stack.callback(link.stop)
+        capture = None
+        if cfg.debug.capture_frames:
+            capture = DebugCapture(cfg.debug)
+            print(f"DEBUG: decision frames are captured to {capture.dir} (tmpfs, deleted after "
+                  f"{cfg.debug.capture_ttl_s:g} s)", file=sys.stderr)
         kiosk = Kiosk(
             cfg, source, vision=vision, display=_display, claims=claims, store=store,
             outbox=outbox, factory=factory, actuator=make_actuator(cfg.actuator),
-            lockout=lockout, presence=presence,
+            lockout=lockout, presence=presence, debug_capture=capture,
         )
         install_signal_handlers(kiosk)
         stats = kiosk.run(max_frames=args.max_frames)
