@@ -29,10 +29,10 @@ from edge.errors import FacegateError
 from edge.liveness import (
     BlinkDetector,
     ContinuityMonitor,
-    FaceBoxLike,
     MotionMonitor,
     eye_openness,
 )
+from edge.observations import LandmarksLike, ObservationLike, QualityLike
 from edge.templates import TemplateInfo, TemplateStore
 
 Embedding = NDArray[np.float32]
@@ -116,27 +116,6 @@ def enrol_template(
 
 
 # -- capture -------------------------------------------------------------------------------------
-
-
-class LandmarksLike(Protocol):
-    @property
-    def points(self) -> NDArray[np.float32]: ...
-
-
-class ObservationLike(Protocol):
-    """One face in a frame (edge.vision.pipeline.FaceObservation)."""
-
-    @property
-    def box(self) -> FaceBoxLike: ...
-    @property
-    def landmarks(self) -> LandmarksLike | None: ...
-
-
-class QualityLike(Protocol):
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def reasons(self) -> tuple[str, ...]: ...
 
 
 class EnrolVision(Protocol):

@@ -31,7 +31,8 @@ from edge.liveness_data import LivenessData as LivenessData
 from edge.liveness_data import VideoEntry as VideoEntry
 from edge.liveness_data import read_data as read_data
 from edge.liveness_data import score_blinks as score_blinks
-from edge.session import Decision, Embedding, QualityLike, VerificationSession
+from edge.observations import QualityLike
+from edge.session import Decision, Embedding, VerificationSession
 
 PROMPT_BEFORE_BLINK_S = (0.2, 0.6)  # the prompt is placed this long before a live blink
 SESSION_LEAD_S = 1.0  # a live session starts this long before its prompt (acquisition)

@@ -33,6 +33,7 @@ from edge.liveness import (
     schedule_challenge,
 )
 from edge.lockout import LockoutStore
+from edge.observations import LandmarksLike, ObservationLike, QualityLike
 
 Embedding = NDArray[np.float32]
 
@@ -41,27 +42,6 @@ STATIC_WINDOW_S = 2.0
 # Reasons that count as a failed attempt for the lockout. Nobody in view (`no_face`) or a bad
 # frame (`quality:*`) is not an attempt; `locked_out` must not extend its own lock.
 COUNTED_REASONS = frozenset({"no_blink", "static", "face_changed", "mismatch", "timeout"})
-
-
-class LandmarksLike(Protocol):
-    @property
-    def points(self) -> NDArray[np.float32]: ...
-
-
-class ObservationLike(Protocol):
-    """One face in a frame (edge.vision.pipeline.FaceObservation)."""
-
-    @property
-    def box(self) -> FaceBoxLike: ...
-    @property
-    def landmarks(self) -> LandmarksLike | None: ...
-
-
-class QualityLike(Protocol):
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def reasons(self) -> tuple[str, ...]: ...
 
 
 class SessionVision(Protocol):

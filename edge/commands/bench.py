@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from edge.bench import default_source, run_bench
 from edge.camera import open_source
+from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.errors import DataError
 
@@ -35,18 +36,8 @@ def looped_frames(uri: str, cfg: Config) -> Iterator[tuple[NDArray[np.uint8], fl
         offset += last_t + 1.0 / 30
 
 
-def write_json(path: Path, text: str) -> None:
-    """Write the JSON result; an unwritable --json path is an input error, not a traceback."""
-    try:
-        path.write_text(text + "\n", encoding="utf-8")
-    except OSError as exc:
-        msg = f"cannot write --json {path} ({exc.strerror}); give a writable path"
-        raise DataError(msg) from exc
-
-
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    if args.json_out and not Path(args.json_out).parent.is_dir():
-        raise DataError(f"--json {args.json_out}: folder does not exist; create it first")
+    check_json_target(args.json_out)
     if args.frames < 1 or not 1 <= args.threads <= 64:
         raise DataError("--frames must be >= 1 and --threads within 1..64")
     uri = args.source or default_source()

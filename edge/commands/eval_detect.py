@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.errors import DataError
 from edge.vision.detect import FaceDetector
@@ -187,18 +188,8 @@ def evaluate(
     return result
 
 
-def write_json(path: Path, text: str) -> None:
-    """Write the JSON result; an unwritable --json path is an input error, not a traceback."""
-    try:
-        path.write_text(text + "\n", encoding="utf-8")
-    except OSError as exc:
-        msg = f"cannot write --json {path} ({exc.strerror}); give a writable path"
-        raise DataError(msg) from exc
-
-
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    if args.json_out and not Path(args.json_out).parent.is_dir():
-        raise DataError(f"--json {args.json_out}: folder does not exist; create it first")
+    check_json_target(args.json_out)
     data = Path(args.data)
     if not data.is_dir():
         raise DataError(f"--data {data} is not a folder; give a folder with boxes.csv and images/")

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge import eval_lfw as ev
+from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.errors import DataError
 from edge.vision.embed import Embedder
@@ -42,6 +43,7 @@ def _embed_fn(pipe: VisionPipeline) -> ev.EmbedFn:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    check_json_target(args.json_out)
     pairs_file, images = Path(args.pairs), Path(args.images)
     if not images.is_dir():
         raise DataError(f"--images {images} is not a folder; give the LFW images/ folder")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         ev.plot_roc(Path(args.plot), far, tar, marks)
     text = json.dumps(result, indent=2)
     if args.json_out:
-        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+        write_json(Path(args.json_out), text)
     sys.stdout.write(text + "\n")
     if args.calibrate:
         return 0

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.eval_liveness import Analyser, evaluate, meets_targets
 from edge.vision.pipeline import VisionPipeline
@@ -31,10 +32,11 @@ def _load_pipeline(cfg: Config) -> VisionPipeline:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    check_json_target(args.json_out)
     result = evaluate(Path(args.data), cfg, Analyser(_load_pipeline(cfg)))
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.json_out:
-        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+        write_json(Path(args.json_out), text)
     print(text)
     if not result["identity_check"]:
         print("note: embedder not available; sessions ran without the identity check",

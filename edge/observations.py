@@ -1,0 +1,35 @@
+"""Structural types of what the vision pipeline hands to the session and to enrolment.
+
+Protocols rather than the concrete `edge.vision` classes, so the session and enrolment can be
+driven in tests by plain objects, and so neither depends on how vision is implemented.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.liveness import FaceBoxLike
+
+
+class LandmarksLike(Protocol):
+    @property
+    def points(self) -> NDArray[np.float32]: ...
+
+
+class ObservationLike(Protocol):
+    """One face in a frame (edge.vision.pipeline.FaceObservation)."""
+
+    @property
+    def box(self) -> FaceBoxLike: ...
+    @property
+    def landmarks(self) -> LandmarksLike | None: ...
+
+
+class QualityLike(Protocol):
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def reasons(self) -> tuple[str, ...]: ...
