@@ -252,10 +252,12 @@ class SqliteSeqStore:
         self._db.close()
 
 
-def next_seq_in(db: sqlite3.Connection, device: str) -> int:
-    """Increment the counter of `device` inside the caller's open transaction (table `seq`)."""
+def next_seq_in(db: sqlite3.Connection, device: str, first: int = 1) -> int:
+    """Increment the counter of `device` inside the caller's open transaction (table `seq`);
+    a device without a counter in this file starts at `first`."""
     db.execute(
-        "INSERT INTO seq(device, last) VALUES (?, 0) ON CONFLICT(device) DO NOTHING", (device,)
+        "INSERT INTO seq(device, last) VALUES (?, ?) ON CONFLICT(device) DO NOTHING",
+        (device, first - 1),
     )
     row = db.execute(
         "UPDATE seq SET last = last + 1 WHERE device = ? RETURNING last", (device,)

@@ -7,6 +7,14 @@ Guarantees (each is a test in tests/test_outbox.py):
 - A row is deleted only by `ack`, which the MQTT link calls after the broker's PUBACK; a crash
   before that means the event is published again (the backend ledger is idempotent on
   `device:seq`).
+- A device's counter starts, in a new outbox file, at the wall clock in microseconds (not at 1):
+  an outbox moved aside (damaged) or lost with the state directory, while the device keys
+  survive (systemd credentials), must not reuse a `device:seq` the backend has already booked
+  (it would refuse every new event as a replay). The old file's counter can only have advanced
+  by one per emitted event, and an emit (a signature and a committed SQLite transaction) takes
+  far more than a microsecond, so the old counter stays below the clock as long as the clock
+  does not go back (a board without RTC must sync time before it emits). Milliseconds were not
+  enough: a burst of 50 events in 40 ms outran them. Seqs stay below 2**53 until the 2250s.
 - Bounded: at `max_events` the oldest NON-payment event is dropped to make room. Payment events
   (`payment.authorize`, `fare.charge`) are never dropped; when only payments remain, `emit`
   raises OutboxFullError and the kiosk must refuse the payment (a non-face alternative exists).
@@ -66,9 +74,15 @@ class Outbox:
     """The queue in `<state_dir>/outbox.db`; thread-safe within a process (one lock)."""
 
     def __init__(
-        self, path: Path, max_events: int = 100_000, clock: Callable[[], float] = time.time
+        self,
+        path: Path,
+        max_events: int = 100_000,
+        clock: Callable[[], float] = time.time,
+        seq_start: int | None = None,
     ) -> None:
         self.path, self.max_events, self._clock = Path(path), max_events, clock
+        # Where a device's counter starts when this file has none yet (module doc).
+        self._seq_start = seq_start if seq_start is not None else max(1, int(clock() * 1_000_000))
         self._lock = threading.RLock()
         # Events name pseudonymous subjects and amounts: owner-only, like the rest of the state
         # (SQLite gives the -wal/-shm files the main file's mode).
@@ -140,13 +154,13 @@ class Outbox:
     def next_seq(self, device: str) -> int:
         """SeqStore protocol: reserve and commit the next seq (for EventFactory.make)."""
         with self._tx() as db:
-            return next_seq_in(db, device)
+            return next_seq_in(db, device, self._seq_start)
 
     def emit(self, factory: EventFactory, type: str, **fields: Any) -> SignedEvent:
         """Build, sign and durably enqueue an event; seq and row commit together (module doc)."""
         factory.validate_fields(type, fields)  # a bad event fails here, before any seq is used
         with self._tx() as db:
-            seq = next_seq_in(db, factory.device_id)
+            seq = next_seq_in(db, factory.device_id, self._seq_start)
             event = factory.build(type, seq, **fields)
             dropped = self._insert(db, event)
             if dropped and not self._counter(db, "full_reported"):
@@ -198,7 +212,7 @@ class Outbox:
     def _report_full(self, db: sqlite3.Connection, factory: EventFactory) -> None:
         status = factory.build(
             "device.status",
-            next_seq_in(db, factory.device_id),
+            next_seq_in(db, factory.device_id, self._seq_start),
             status="outbox_full",
             outbox_pending=self._pending(db),
             outbox_full=True,

@@ -53,7 +53,7 @@ def rows(path: Path) -> list[tuple[int, str, str]]:
 
 
 def test_emit_commits_signed_event_with_seq_in_the_same_transaction(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "outbox.db") as ob:
+    with Outbox(tmp_path / "outbox.db", seq_start=1) as ob:
         ev = emit(ob, "pay")
         # Another connection (another process after a power cut) sees it at once: it is committed.
         assert rows(tmp_path / "outbox.db") == [(1, "kiosk-1:1", "payment.authorize")]
@@ -66,14 +66,14 @@ def test_emit_commits_signed_event_with_seq_in_the_same_transaction(tmp_path: Pa
 
 def test_rows_leave_only_by_ack_and_seq_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
-    with Outbox(path) as ob:
+    with Outbox(path, seq_start=1) as ob:
         evs = [emit(ob, "door") for _ in range(3)]
         first = ob.peek(10)
         assert [i.key for i in first] == [e.key for e in evs]
         assert ob.peek(10, exclude=[first[0].id])[0].id == first[1].id
         assert ob.ack([first[0].id]) == 1
         assert ob.ack([first[0].id]) == 0  # a late duplicate PUBACK changes nothing
-    with Outbox(path) as ob:
+    with Outbox(path) as ob:  # the file's counter wins over a new start value
         assert [i.key for i in ob.peek(10)] == ["kiosk-1:2", "kiosk-1:3"]
         assert emit(ob, "door").seq == 4  # acked seq 1 is never reused
         st_ = ob.status()
@@ -81,7 +81,7 @@ def test_rows_leave_only_by_ack_and_seq_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_full_outbox_drops_oldest_non_payment_and_reports_outbox_full(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "outbox.db", max_events=4) as ob:
+    with Outbox(tmp_path / "outbox.db", max_events=4, seq_start=1) as ob:
         emit(ob, "door")  # seq 1
         emit(ob, "pay")  # seq 2
         emit(ob, "door")  # seq 3
@@ -197,5 +197,25 @@ def test_sigkill_during_emits_loses_no_shown_event_and_reuses_no_seq(
     with Outbox(path) as ob:
         stored = [int(i.key.split(":")[1]) for i in ob.peek(1_000_000)]
         assert set(shown) <= set(stored)  # every event the kiosk acted on is durable
-        assert stored == list(range(1, len(stored) + 1))  # no gap, no duplicate
-        assert emit(ob, "pay").seq == len(stored) + 1  # and the counter continues after them
+        assert stored[0] == shown[0]  # nothing emitted before the first line the child printed
+        assert stored == list(range(stored[0], stored[0] + len(stored)))  # no gap, no duplicate
+        assert emit(ob, "pay").seq == stored[-1] + 1  # and the counter continues after them
+
+
+def test_an_outbox_moved_aside_does_not_restart_seq_at_one(tmp_path: Path) -> None:
+    """The recovery for a damaged outbox (move it aside, restart) or a state directory lost while
+    the device keys survive must not reuse a `device:seq` the backend has already booked: the
+    ledger would refuse every new event as a replay. A new file starts at the clock in µs; a
+    burst faster than one event per millisecond once outran a start in ms."""
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as ob:
+        old = [emit(ob, "pay").seq for _ in range(200)]  # as fast as this machine emits
+    assert old[0] >= int((time.time() - 60) * 1_000_000)  # starts at the wall clock, not at 1
+    for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
+        if (tmp_path / name).exists():
+            (tmp_path / name).rename(tmp_path / f"{name}.damaged")
+    with Outbox(path) as ob:  # at once: no sleep to hide a counter that outran the clock
+        assert emit(ob, "pay").seq > max(old)
+    # An injected clock decides the start; the start is where a new file's counter begins.
+    with Outbox(tmp_path / "other.db", clock=lambda: 1_000.5) as ob:
+        assert emit(ob, "door").seq == 1_000_500_000

@@ -106,7 +106,9 @@ def _burst(a: argparse.Namespace) -> int:
     )
     fields = BURST_FIELDS[a.type]
     t0 = time.monotonic()
-    with Outbox(state / OUTBOX_FILE, max_events=10_000_000) as ob:
+    # Seqs 1..N (not the clock start of a kiosk's outbox): a burst killed and restarted resumes
+    # at its file's counter, and the ledger check is "exactly 1..N, once each".
+    with Outbox(state / OUTBOX_FILE, max_events=10_000_000, seq_start=1) as ob:
         factory = EventFactory(a.device, a.site, keys.signing_key)
         link = MqttLink(mcfg, a.device, a.site, ob)
         link.start()
