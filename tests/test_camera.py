@@ -85,11 +85,12 @@ def test_replayed_frames_are_rgb_and_identical_to_opencv_decoding() -> None:
             break
         expected.append(bgr[:, :, ::-1])
     cap.release()
-    with open_source(f"file:{path}", realtime=False) as src:
-        got = [f.image for f in src]
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected, strict=True):
-        assert np.array_equal(a, b)
+    for decode_threads in (0, 1):  # bench decodes on one thread: same frames, same order
+        with open_source(f"file:{path}", realtime=False, decode_threads=decode_threads) as src:
+            got = [f.image for f in src]
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert np.array_equal(a, b)
 
 
 def test_realtime_replay_paces_frames_on_the_recorded_timeline() -> None:

@@ -25,16 +25,27 @@ __all__ = [
 
 
 def open_source(
-    uri: str, cfg: CameraConfig | None = None, *, realtime: bool | None = None
+    uri: str,
+    cfg: CameraConfig | None = None,
+    *,
+    realtime: bool | None = None,
+    decode_threads: int = 0,
 ) -> FileSource | LiveSource:
     """Open the source named by `uri`; SourceError (exit 2) names the URI when it cannot be opened.
 
-    `realtime` overrides `camera.realtime` for file replay (False = as fast as possible).
+    `realtime` overrides `camera.realtime` for file replay (False = as fast as possible);
+    `decode_threads` sets a video file's decoder threads (0 = the decoder's default).
     """
     cfg = cfg or CameraConfig()
     spec = parse_source_uri(uri)
     if spec.kind == "file":
-        return FileSource(uri, Path(spec.target).expanduser(), cfg, realtime=realtime)
+        return FileSource(
+            uri,
+            Path(spec.target).expanduser(),
+            cfg,
+            realtime=realtime,
+            decode_threads=decode_threads,
+        )
     if spec.kind == "picamera2":
         return LiveSource(uri, lambda: Picamera2Capture(uri, spec.index, cfg), cfg)
     return LiveSource(uri, lambda: OpenCVCapture(uri, spec.kind, spec.target, cfg), cfg)

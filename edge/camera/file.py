@@ -60,8 +60,12 @@ class FileSource:
         realtime: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        decode_threads: int = 0,
     ) -> None:
         self.uri = uri
+        # 0 = the decoder's default (frame threads that keep decoding ahead in the background);
+        # 1 = decode inside each read, so nothing runs between reads (what `bench` needs).
+        self._decode_threads = decode_threads
         self.path = path
         self.realtime = cfg.realtime if realtime is None else realtime
         self._default_fps = cfg.fps
@@ -87,7 +91,8 @@ class FileSource:
             self._open_video()
 
     def _open_video(self) -> None:
-        cap = cv2.VideoCapture(str(self.path))
+        params = [cv2.CAP_PROP_N_THREADS, self._decode_threads] if self._decode_threads else []
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_ANY, params)
         if not cap.isOpened():
             cap.release()
             raise SourceError(

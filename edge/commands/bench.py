@@ -20,11 +20,14 @@ from edge.errors import DataError
 
 def looped_frames(uri: str, cfg: Config) -> Iterator[tuple[NDArray[np.uint8], float, int]]:
     """(image, t_s, index) from the source as fast as it decodes, replaying a file from the
-    start when it ends, with time running on (the blink detector needs monotonic time)."""
+    start when it ends, with time running on (the blink detector needs monotonic time).
+
+    A video is decoded on one thread inside each read: the decoder's default frame threads keep
+    decoding ahead while the stages run, and on a 2-core board that steals the timed core."""
     offset, index = 0.0, 0
     while True:
         last_t = None
-        with open_source(uri, cfg.camera, realtime=False) as source:
+        with open_source(uri, cfg.camera, realtime=False, decode_threads=1) as source:
             for frame in source:
                 if last_t is None:
                     first_t = frame.t_monotonic
