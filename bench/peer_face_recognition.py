@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(None)
     peer = Peer(video)
     try:
-        ours = run_bench(alternate(looped_frames(f"file:{video}", cfg), peer), cfg, args.frames, 1)
+        # A verified frame is detect + landmarks + align + embed, like the peer's: embed each one.
+        frames = alternate(looped_frames(f"file:{video}", cfg), peer)
+        ours = run_bench(frames, cfg, args.frames, 1, embed_every=1)
     finally:
         peer.close()
     frame = ours["frame"]

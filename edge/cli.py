@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", metavar="URI")
     p.add_argument("--frames", type=int, default=200, metavar="N")
     p.add_argument("--threads", type=int, default=1, metavar="N")
+    p.add_argument(
+        "--embed-every",
+        type=int,
+        metavar="N",
+        help="align + embed one frame with a face in N (default: the kiosk's cadence, "
+        "edge.bench.EMBED_EVERY; 1 = every frame)",
+    )
     p.add_argument("--json", metavar="OUT", dest="json_out")
     p.set_defaults(handler="bench")
 

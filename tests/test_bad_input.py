@@ -302,9 +302,10 @@ def test_a_face_that_does_not_match_is_exit_1_not_an_input_error(
         (["enroll", "../x"], "template error", ("'../x'", "not a valid subject id", "use")),
         (["enroll", "s-2002", "--frames", "0"], "error", ("--frames 0", "between 1 and")),
         (["bench", "--frames", "0"], "data error", ("--frames must be >= 1",)),
+        (["bench", "--embed-every", "0"], "data error", ("--embed-every 0", "N >= 1")),
     ],
     ids=["claim-subject", "claim-negative-amount", "claim-amount-text", "enrol-subject",
-         "enrol-frames", "bench-frames"],
+         "enrol-frames", "bench-frames", "bench-embed-every"],
 )
 def test_bad_arguments_are_one_line_naming_the_argument_and_change_nothing(
     kiosk: tuple[Path, dict[str, str]], tmp_path: Path, argv: list[str], prefix: str,

@@ -46,6 +46,7 @@ def test_default_run_reports_every_stage_and_the_process_figures(
         assert 0 < r[stage]["min_ms"] <= r[stage]["p50_ms"] <= r[stage]["p95_ms"]
     assert r["frame"]["p50_ms"] >= r["detect"]["p50_ms"]
     assert r["frames"] == 12 and r["frames_with_face"] == 12
+    assert r["embed_every"] == 15 and r["frames_embedded"] == 1  # the kiosk's cadence
     assert r["fps"] > 0 and 20 < r["rss_mb"] < 2000
     assert r["threads"] == 1 and r["runtime"].split()[0] in ("ai_edge_litert", "tflite_runtime")
     assert "blink_webcam_7blinks_30fps.mp4" in r["source"]
@@ -73,6 +74,16 @@ def test_short_video_is_looped_to_the_requested_frames_and_threads_are_honoured(
     r = json.loads(proc.stdout)
     assert proc.returncode == 0 and r["frames"] == 90 and r["threads"] == 2
     assert r["frame_size"] == [96, 128]
+
+
+def test_embed_every_sets_how_many_face_frames_are_aligned_and_embedded() -> None:
+    require_data("liveness/videos/blink_webcam_7blinks_30fps.mp4")
+    r = json.loads(facegate("bench", "--frames", "10", "--embed-every", "4").stdout)
+    assert r["embed_every"] == 4 and r["frames_with_face"] == 10
+    assert r["frames_embedded"] == 3  # face frames 1, 5 and 9
+    r = json.loads(facegate("bench", "--frames", "6", "--embed-every", "1").stdout)
+    assert r["frames_embedded"] == 6 and r["embed"]["p50_ms"] > 0
+    assert r["frame"]["min_ms"] >= r["embed"]["min_ms"]  # every frame's sum includes an embed
 
 
 def test_scene_without_faces_times_detection_only() -> None:

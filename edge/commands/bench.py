@@ -1,4 +1,5 @@
-"""`facegate bench [--source URI] [--frames N] [--threads N] [--json OUT]`: per-stage timing."""
+"""`facegate bench [--source URI] [--frames N] [--threads N] [--embed-every N] [--json OUT]`:
+per-stage timing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.bench import default_source, run_bench
+from edge.bench import EMBED_EVERY, default_source, run_bench
 from edge.camera import open_source
 from edge.commands._output import check_json_target, write_json
 from edge.config import Config
@@ -41,10 +42,14 @@ def looped_frames(uri: str, cfg: Config) -> Iterator[tuple[NDArray[np.uint8], fl
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     check_json_target(args.json_out)
+    every = EMBED_EVERY if args.embed_every is None else args.embed_every
     if args.frames < 1 or not 1 <= args.threads <= 64:
         raise DataError("--frames must be >= 1 and --threads within 1..64")
+    if every < 1:
+        raise DataError(f"--embed-every {every}: give N >= 1 (1 embeds every frame)")
     uri = args.source or default_source()
-    result = {"source": uri, **run_bench(looped_frames(uri, cfg), cfg, args.frames, args.threads)}
+    frames = looped_frames(uri, cfg)
+    result = {"source": uri, **run_bench(frames, cfg, args.frames, args.threads, every)}
     text = json.dumps(result, indent=2)
     if args.json_out:
         write_json(Path(args.json_out), text)
