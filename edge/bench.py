@@ -184,6 +184,7 @@ def run_bench(
         if seen >= n_frames + WARMUP_FRAMES:
             break
         seen += 1
+        warming = seen <= WARMUP_FRAMES  # every model runs (and packs its weights), untimed
         size = (int(image.shape[1]), int(image.shape[0]))
         spent: dict[str, tuple[float, float]] = {}
         timed = _Timer(spent, threads)
@@ -193,12 +194,11 @@ def run_bench(
             marks = timed("landmarks", marks_model.predict, image, faces[0])
             if st.liveness is not None:
                 timed("liveness", st.liveness, marks.points, t_s, index)
-            warming = seen <= WARMUP_FRAMES  # every model runs (and packs its weights) here
             if st.align is not None and (warming or with_face % embed_every == 0):
                 chip = timed("align", st.align, image, marks)
                 if st.embed is not None:
                     timed("embed", st.embed, chip)
-        if seen <= WARMUP_FRAMES:
+        if warming:
             continue
         embedded += "embed" in spent
         with_face += "landmarks" in spent

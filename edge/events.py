@@ -228,7 +228,8 @@ def idempotency_key(event: Mapping[str, Any]) -> str:
 
 class SeqStore(Protocol):
     def next_seq(self, device: str) -> int:
-        """Reserve and durably persist the next sequence number for `device` (first is 1)."""
+        """Reserve and durably persist the next sequence number for `device` (the first is the
+        store's start: 1 here, the clock in microseconds in a new `Outbox`)."""
         ...
 
 
