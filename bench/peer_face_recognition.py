@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 PEER_VENV = REPO.parent / "peer-venv"
 PEER_PACKAGES = ["dlib-bin", "face-recognition-models", "numpy", "opencv-python-headless", "Pillow"]
-WARMUP = 5  # the same as edge.bench.WARMUP_FRAMES
+WARMUP = 5  # the same as edge.measure.bench.WARMUP_FRAMES
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 UPSAMPLE = {"default": 1, "fast": 0}
 
@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_peer()
         return 0
     sys.path.insert(0, str(REPO))
-    from edge.bench import WARMUP_FRAMES, default_source, run_bench
     from edge.commands.bench import looped_frames
     from edge.config import load_config
+    from edge.measure.bench import WARMUP_FRAMES, default_source, run_bench
 
     assert WARMUP_FRAMES == WARMUP
     uri = args.source or default_source()

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="align + embed one frame with a face in N (default: the kiosk's cadence, "
-        "edge.bench.EMBED_EVERY; 1 = every frame)",
+        "edge.measure.bench.EMBED_EVERY; 1 = every frame)",
     )
     p.add_argument("--json", metavar="OUT", dest="json_out")
     p.set_defaults(handler="bench")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.backend.ledger import Ledger
-from edge.events import EventFactory, SignedEvent
+from edge.trust.events import EventFactory, SignedEvent
 
 PG_BASE = os.environ.get("FACEGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def wait_for(pred: Any, timeout_s: float, what: str, interval_s: float = 0.1) ->
 
 # ---------------------------------------------------------------------------- rigs
 
-PUBLISHER = [sys.executable, "-m", "edge.mqtt"]
+PUBLISHER = [sys.executable, "-m", "edge.measure.burst"]
 
 
 @dataclass

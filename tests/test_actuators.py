@@ -9,7 +9,8 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from edge.actuators import (
+from edge.config import ActuatorConfig
+from edge.kiosk.actuators import (
     ActuatorError,
     GpioRelay,
     NoActuator,
@@ -17,7 +18,6 @@ from edge.actuators import (
     make_actuator,
     wait_released,
 )
-from edge.config import ActuatorConfig
 
 
 def test_gpio_relay_is_off_at_rest_on_for_the_pulse_and_off_again() -> None:

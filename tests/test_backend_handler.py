@@ -15,11 +15,11 @@ from _backend import door, factory, payment
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge import canonical
 from edge.backend.devices import KeyCache, add_device
 from edge.backend.ledger import Ledger, Outcome
 from edge.backend.worker import EventHandler
-from edge.events import event_topic
+from edge.trust import canonical
+from edge.trust.events import event_topic
 
 F, PUB = factory("kiosk-1", "bakery-1")
 

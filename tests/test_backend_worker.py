@@ -24,7 +24,7 @@ from _broker import Broker, start_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.backend.ledger import Ledger
-from edge.events import event_topic
+from edge.trust.events import event_topic
 
 
 def _publisher(broker: Broker) -> mqtt.Client:

@@ -24,9 +24,9 @@ from _cli import (
 from conftest import require_data
 
 from edge.config import Config
-from edge.keys import init_keys
-from edge.lockout import LockoutStore
-from edge.templates import TemplateStore, db_path
+from edge.session.lockout import LockoutStore
+from edge.templates.store import TemplateStore, db_path
+from edge.trust.keys import init_keys
 
 SUBJECT = "s-1001"
 

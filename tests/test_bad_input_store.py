@@ -15,10 +15,10 @@ import pytest
 from _cli import DEVICE, assert_input_error, cli_env, facegate, tree_digest, write_config
 
 from edge.config import Config
-from edge.keys import init_keys
-from edge.lockout import LockoutStore
-from edge.outbox import OUTBOX_FILE, Outbox
-from edge.templates import TemplateStore, db_path
+from edge.session.lockout import LockoutStore
+from edge.templates.store import TemplateStore, db_path
+from edge.transport.outbox import OUTBOX_FILE, Outbox
+from edge.trust.keys import init_keys
 
 SUBJECT = "s-1001"
 
@@ -259,8 +259,8 @@ def _sealed_variants(state: Path, tmp_path: Path) -> tuple[str, dict[str, bytes]
     """The backend's public key (hex) and sealed-template files, one good and several bad."""
     import time
 
-    from edge.keys import load_keys
-    from edge.sealing import backend_public_hex, generate_backend_keys, seal_template
+    from edge.trust.keys import load_keys
+    from edge.trust.sealed import backend_public_hex, generate_backend_keys, seal_template
 
     backend = generate_backend_keys(tmp_path / "backend")
     stranger = generate_backend_keys(tmp_path / "stranger")

@@ -58,7 +58,7 @@ def test_missing_stages_are_null_with_a_note_and_present_ones_are_timed(
     have = {
         "embed": importlib.util.find_spec("edge.vision.embed") is not None
         and (Path(__file__).resolve().parent.parent / "models/face_embedding_int8.tflite").exists(),
-        "liveness": importlib.util.find_spec("edge.liveness") is not None,
+        "liveness": importlib.util.find_spec("edge.liveness.blink") is not None,
         "align": importlib.util.find_spec("edge.vision.align") is not None,
     }
     for stage, present in have.items():

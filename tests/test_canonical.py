@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge import canonical
-from edge.canonical import CanonicalError
+from edge.trust import canonical
+from edge.trust.canonical import CanonicalError
 
 scalars = (
     st.none()

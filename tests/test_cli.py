@@ -92,7 +92,7 @@ def test_main_returns_exit_code_instead_of_raising(tmp_path: Path) -> None:
 
 
 def test_demo_without_data_says_which_source_to_give(tmp_path: Path) -> None:
-    from edge.demo_source import default_source_uri
+    from edge.camera.demo import default_source_uri
     from edge.errors import SourceError
 
     with pytest.raises(SourceError) as err:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.console import check_pin, hash_pin, redact
+from edge.console.session import check_pin, hash_pin, redact
 
 PIN = "482915"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge.config import DebugConfig
-from edge.debug_capture import DebugCapture, filesystem_type
 from edge.errors import FacegateError
+from edge.kiosk.debug_capture import DebugCapture, filesystem_type
 
 SHM = Path("/dev/shm")
 

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge import canonical
-from edge.downlink import CommandError, ReplayGuard, sign_command, verify_command
+from edge.transport.downlink import CommandError, ReplayGuard, sign_command, verify_command
+from edge.trust import canonical
 
 BACKEND = Ed25519PrivateKey.generate()
 NOW = 1_800_000_000.0
@@ -109,10 +109,10 @@ def test_standard_handlers_sync_revoke_and_wipe_the_real_template_store(tmp_path
 
     import numpy as np
 
-    from edge.downlink import standard_handlers
-    from edge.keys import init_keys
-    from edge.sealing import seal_template
-    from edge.templates import open_store
+    from edge.templates.store import open_store
+    from edge.transport.downlink import standard_handlers
+    from edge.trust.keys import init_keys
+    from edge.trust.sealed import seal_template
 
     keys = init_keys(tmp_path, "kiosk-1")
     now = int(time.time())

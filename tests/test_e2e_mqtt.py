@@ -1,8 +1,8 @@
 """End to end with real processes: kiosk outbox publisher → mosquitto → backend workers → ledger.
 
-The publisher is the device's own tool (`python -m edge.mqtt publish-burst`: signed events through
-the SQLite outbox and the MQTT link); the backend is `facegate-backend run`, two processes on the
-v5 shared subscription, exactly as deployed.
+The publisher is the device's own tool (`python -m edge.measure.burst publish-burst`: signed
+events through the SQLite outbox and the MQTT link); the backend is `facegate-backend run`, two
+processes on the v5 shared subscription, exactly as deployed.
 """
 
 from __future__ import annotations

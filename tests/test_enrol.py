@@ -11,16 +11,16 @@ from conftest import require_data
 
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.enrol import (
+from edge.liveness.blink import LEFT_EYE, RIGHT_EYE
+from edge.templates.enroll import (
     EnrolmentCapture,
     EnrolmentRefused,
     build_template,
     check_not_duplicate,
     enrol_template,
 )
-from edge.keys import init_keys
-from edge.liveness import LEFT_EYE, RIGHT_EYE
-from edge.templates import TemplateStore, db_path
+from edge.templates.store import TemplateStore, db_path
+from edge.trust.keys import init_keys
 from edge.vision.pipeline import FaceObservation
 from edge.vision.quality import Quality
 from edge.vision.types import FaceBox, Landmarks

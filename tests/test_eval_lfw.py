@@ -14,8 +14,8 @@ from conftest import require_data
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge import eval_lfw as ev
 from edge.errors import DataError
+from edge.measure import eval_lfw as ev
 
 FIELDS = {"pairs", "accuracy", "threshold", "auc", "eer", "tar_at_far", "per_pair_ms", "no_face"}
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.errors import DataError
-from edge.eval_liveness import Annotation, read_data, score_blinks, seeded, still_frames
-from edge.liveness import Blink
+from edge.liveness.blink import Blink
+from edge.measure.eval_liveness import Annotation, read_data, score_blinks, seeded, still_frames
 
 
 def make_folder(root: Path, videos: str, blinks: str, attacks: str) -> Path:

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge import canonical
-from edge.events import (
+from edge.trust import canonical
+from edge.trust.events import (
     EVENT_TYPES,
     EventError,
     EventFactory,

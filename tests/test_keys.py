@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.errors import KeyStoreError
-from edge.keys import (
+from edge.trust.keys import (
     CREDENTIAL_NAMES,
     FILE_NAMES,
     init_keys,

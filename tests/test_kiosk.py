@@ -18,17 +18,17 @@ import pytest
 from conftest import require_data
 from gpiozero.pins.mock import MockFactory
 
-from edge.actuators import GpioRelay
 from edge.camera import open_source
-from edge.claims import Claim, FixedClaim, LineClaims, parse_claim_line
 from edge.config import ActuatorConfig, Config, parse_config
-from edge.events import EventFactory, verify_event
-from edge.keys import init_keys
-from edge.kiosk import Kiosk, KioskStats
-from edge.lockout import LockoutStore
-from edge.outbox import Outbox
-from edge.presence import DAY_S, PresenceStore
-from edge.templates import TemplateStore, db_path
+from edge.kiosk.actuators import GpioRelay
+from edge.kiosk.claims import Claim, FixedClaim, LineClaims, parse_claim_line
+from edge.kiosk.loop import Kiosk, KioskStats
+from edge.kiosk.presence import DAY_S, PresenceStore
+from edge.session.lockout import LockoutStore
+from edge.templates.store import TemplateStore, db_path
+from edge.transport.outbox import Outbox
+from edge.trust.events import EventFactory, verify_event
+from edge.trust.keys import init_keys
 from edge.vision.pipeline import VisionPipeline
 
 PORTRAIT = "liveness/videos/blink_portrait_24fps.mp4"
@@ -255,7 +255,7 @@ def test_run_command_enrols_verifies_and_publishes_a_signed_payment_over_mqtt(
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge.keys import load_keys
+    from edge.trust.keys import load_keys
 
     path = require_data(PORTRAIT)
     site, device = "s-mq", f"k-{os.getpid()}"

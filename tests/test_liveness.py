@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.config import LivenessConfig
-from edge.liveness import (
+from edge.liveness.blink import (
     LEFT_EYE,
     RIGHT_EYE,
     Blink,

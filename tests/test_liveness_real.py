@@ -18,7 +18,8 @@ from conftest import require_data
 
 from edge.config import Config
 from edge.errors import ModelError
-from edge.eval_liveness import (
+from edge.liveness.blink import ContinuityMonitor
+from edge.measure.eval_liveness import (
     Analyser,
     FrameRecord,
     LivenessData,
@@ -32,7 +33,6 @@ from edge.eval_liveness import (
     video_blinks,
     video_frames,
 )
-from edge.liveness import ContinuityMonitor
 from edge.vision.pipeline import VisionPipeline
 
 pytestmark = pytest.mark.slow

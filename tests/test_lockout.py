@@ -14,7 +14,7 @@ import pytest
 
 from edge.config import SessionConfig
 from edge.errors import FacegateError
-from edge.lockout import DB_NAME, LockoutStore
+from edge.session.lockout import DB_NAME, LockoutStore
 
 CFG = SessionConfig()  # 5 failures, 30 s doubling, 3600 s cap
 PHONE = "+8613800138000"
@@ -81,7 +81,7 @@ def test_the_lock_survives_a_killed_process(state_dir: Path) -> None:
         "import os, signal, sys\n"
         "from pathlib import Path\n"
         "from edge.config import SessionConfig\n"
-        "from edge.lockout import LockoutStore\n"
+        "from edge.session.lockout import LockoutStore\n"
         "store = LockoutStore.open(Path(sys.argv[1]), SessionConfig())\n"
         "for _ in range(5):\n"
         "    store.record_failure(sys.argv[2])\n"

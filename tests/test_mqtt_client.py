@@ -26,10 +26,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import Config, DeviceConfig, MqttConfig
-from edge.downlink import Command, sign_command
-from edge.events import EventFactory, cmd_topic, status_topic, verify_event
-from edge.mqtt import Backoff, MqttLink, link_for_kiosk
-from edge.outbox import Outbox
+from edge.transport.downlink import Command, sign_command
+from edge.transport.mqtt import Backoff, MqttLink, link_for_kiosk
+from edge.transport.outbox import Outbox
+from edge.trust.events import EventFactory, cmd_topic, status_topic, verify_event
 
 DEVICE, SITE = "kiosk-7", "site-a"
 KEY = Ed25519PrivateKey.generate()
@@ -215,7 +215,7 @@ def test_sigkilled_publisher_is_reported_offline_by_its_last_will(
         [
             sys.executable,
             "-m",
-            "edge.mqtt",
+            "edge.transport.mqtt",
             "publish-burst",
             "--state-dir",
             str(tmp_path / "s"),
@@ -396,7 +396,7 @@ def test_publisher_sigkilled_at_random_points_delivers_every_seq_once_restarted(
     cmd = [
         sys.executable,
         "-m",
-        "edge.mqtt",
+        "edge.transport.mqtt",
         "publish-burst",
         "--state-dir",
         str(tmp_path / "s"),

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.events import PAYMENT_TYPES, EventFactory, verify_event
-from edge.outbox import Outbox, OutboxFullError
+from edge.transport.outbox import Outbox, OutboxFullError
+from edge.trust.events import PAYMENT_TYPES, EventFactory, verify_event
 
 KEY = Ed25519PrivateKey.generate()
 PAY = {
@@ -168,8 +168,8 @@ CHILD = r"""
 import sys
 from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from edge.events import EventFactory
-from edge.outbox import Outbox
+from edge.trust.events import EventFactory
+from edge.transport.outbox import Outbox
 ob = Outbox(Path(sys.argv[1]))
 f = EventFactory("kiosk-1", "site-1", Ed25519PrivateKey.generate())
 while True:

@@ -135,8 +135,8 @@ def plaintext(kiosk_run: KioskRun) -> dict[str, np.ndarray]:
     decrypted with the device keys: the vectors a leak would write."""
     from edge.camera import open_source
     from edge.config import load_config
-    from edge.enrol import EnrolmentCapture, build_template
-    from edge.templates import open_store
+    from edge.templates.enroll import EnrolmentCapture, build_template
+    from edge.templates.store import open_store
     from edge.vision.pipeline import VisionPipeline
 
     cfg = load_config(kiosk_run.root / "kiosk.toml")

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.errors import KeyStoreError, TemplateError
-from edge.keys import DeviceKeys, init_keys
-from edge.sealing import (
+from edge.trust.keys import DeviceKeys, init_keys
+from edge.trust.sealed import (
     backend_public_hex,
     decode_sealed_file,
     generate_backend_keys,

@@ -13,7 +13,7 @@ from conftest import require_data
 
 from edge.camera import open_source
 from edge.config import Config
-from edge.lockout import LockoutStore
+from edge.session.lockout import LockoutStore
 from edge.vision.pipeline import VisionPipeline
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def kiosk(state_dir: Path, tmp_path: Path) -> Path:
 
 def enrol(state_dir: Path, subject: str, emb: np.ndarray) -> None:
     """Enrol through the real encrypted template store (device keys created first)."""
-    from edge.templates import open_store
+    from edge.templates.store import open_store
 
     if not (state_dir / "keys").exists():
         keys = subprocess.run(

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.errors import TemplateError
-from edge.keys import DeviceKeys, init_keys
-from edge.sealing import seal_template
-from edge.templates import TemplateStore, db_path
+from edge.templates.store import TemplateStore, db_path
+from edge.trust.keys import DeviceKeys, init_keys
+from edge.trust.sealed import seal_template
 
 DAY = 86400
 T0 = 1_800_000_000
@@ -378,7 +378,7 @@ def test_database_file_cut_to_a_stub_is_refused_at_open(state_dir: Path, keys: D
 
 
 def test_wipe_of_a_damaged_database_still_destroys_it(state_dir: Path, keys: DeviceKeys) -> None:
-    from edge.templates import wipe_files
+    from edge.templates.store import wipe_files
 
     path = db_path(state_dir)
     with TemplateStore(path, keys) as s:

@@ -14,7 +14,7 @@ def test_bench_reports_size_scan_and_claim_latency(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "edge.templates_bench",
+            "edge.measure.templates_bench",
             "--templates",
             "200",
             "--claims",

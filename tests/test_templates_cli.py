@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.keys import load_keys
-from edge.sealing import backend_public_hex, generate_backend_keys, seal_template
+from edge.trust.keys import load_keys
+from edge.trust.sealed import backend_public_hex, generate_backend_keys, seal_template
 
 
 def facegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -109,7 +109,7 @@ def test_wipe_destroys_a_store_too_damaged_to_open(state_dir: Path) -> None:
 
 
 def test_list_destroys_expired_templates_and_shows_them_as_expired(state_dir: Path) -> None:
-    from edge.templates import TemplateStore, db_path
+    from edge.templates.store import TemplateStore, db_path
 
     env = {**os.environ, "FACEGATE_STATE_DIR": str(state_dir)}
     env.pop("FACEGATE_CONFIG", None)

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import TemplateError
-from edge.keys import init_keys
-from edge.templates import TemplateStore, db_path
+from edge.templates.store import TemplateStore, db_path
+from edge.trust.keys import init_keys
 
 WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
     import numpy as np
-    from edge.keys import load_keys
-    from edge.templates import TemplateStore, db_path
+    from edge.trust.keys import load_keys
+    from edge.templates.store import TemplateStore, db_path
 
     state = Path(sys.argv[1])
     def unit(i):

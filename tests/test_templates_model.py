@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from edge.errors import TemplateError
-from edge.keys import init_keys
-from edge.sealing import seal_template
-from edge.templates import TemplateStore, db_path
+from edge.templates.store import TemplateStore, db_path
+from edge.trust.keys import init_keys
+from edge.trust.sealed import seal_template
 
 SUBJECTS = st.sampled_from(["s-1", "s-2", "s-3"])
 DAY = 86400

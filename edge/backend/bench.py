@@ -1,7 +1,7 @@
 """`facegate-backend bench`: events/s and latency from the kiosk outbox into the ledger.
 
-Real processes, as deployed: one kiosk publisher (`python -m edge.mqtt publish-burst`: sign,
-commit to the SQLite outbox, publish QoS 1, delete after PUBACK), mosquitto, and N backend
+Real processes, as deployed: one kiosk publisher (`python -m edge.measure.burst publish-burst`:
+sign, commit to the SQLite outbox, publish QoS 1, delete after PUBACK), mosquitto, and N backend
 workers (`facegate-backend run`) on the shared subscription, booking into one ledger.
 
 - `events_per_s`: events / (last booking - first event creation), both wall-clock on this host.
@@ -111,7 +111,8 @@ def run_bench(
         db = db or str(tmp / "ledger.db")
         state = tmp / "kiosk"
         pub = subprocess.run(
-            [PY, "-m", "edge.mqtt", "pubkey", "--state-dir", str(state), "--device", device],
+            [PY, "-m", "edge.measure.burst", "pubkey", "--state-dir", str(state),
+             "--device", device],
             capture_output=True, text=True, check=True, timeout=60,
         ).stdout.strip()  # fmt: skip
         with Ledger(db) as led:
@@ -140,7 +141,7 @@ def run_bench(
         load_before = os.getloadavg()[0]
         t0 = time.time()
         publisher = subprocess.run(
-            [PY, "-m", "edge.mqtt", "publish-burst", "--state-dir", str(state),
+            [PY, "-m", "edge.measure.burst", "publish-burst", "--state-dir", str(state),
              "--broker", broker_url, "--count", str(n_events), "--device", device,
              "--rate", str(rate), "--max-inflight", str(max_inflight),
              "--timeout", str(timeout_s)],

@@ -29,10 +29,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge import events
 from edge.backend.devices import KeyCache
 from edge.backend.ledger import Booking, Ledger, Outcome
 from edge.errors import ConfigError
+from edge.trust import events
 
 log = logging.getLogger("facegate.backend")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.bench import EMBED_EVERY, default_source, run_bench
 from edge.camera import open_source
 from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.errors import DataError
+from edge.measure.bench import EMBED_EVERY, default_source, run_bench
 
 
 def looped_frames(uri: str, cfg: Config) -> Iterator[tuple[NDArray[np.uint8], float, int]]:

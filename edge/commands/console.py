@@ -9,7 +9,7 @@ import sys
 import threading
 
 from edge.config import Config
-from edge.console import AuthStore, Console, SerialLineIO, hash_pin
+from edge.console.session import AuthStore, Console, SerialLineIO, hash_pin
 from edge.errors import FacegateError
 
 
@@ -45,10 +45,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     import serial
 
-    from edge.console_services import DeviceServices
-    from edge.events import EventFactory
-    from edge.keys import load_keys
-    from edge.outbox import Outbox
+    from edge.console.services import DeviceServices
+    from edge.transport.outbox import Outbox
+    from edge.trust.events import EventFactory
+    from edge.trust.keys import load_keys
 
     keys = load_keys(cfg.state_dir, cfg.device.id)
     try:

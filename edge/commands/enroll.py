@@ -8,11 +8,11 @@ import sys
 
 from edge.camera import open_source
 from edge.config import Config
-from edge.enrol import EnrolmentCapture, build_template, enrol_template
 from edge.errors import FacegateError, TemplateError
-from edge.sealing import check_subject
-from edge.template_records import ACTIVE
-from edge.templates import open_store
+from edge.templates.enroll import EnrolmentCapture, build_template, enrol_template
+from edge.templates.record_cipher import ACTIVE
+from edge.templates.store import open_store
+from edge.trust.sealed import check_subject
 
 MAX_FRAMES = 50
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from edge import eval_lfw as ev
 from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.errors import DataError
+from edge.measure import eval_lfw as ev
 from edge.vision.embed import Embedder
 from edge.vision.models import EMBEDDER, model_path
 from edge.vision.pipeline import VisionPipeline

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge.commands._output import check_json_target, write_json
 from edge.config import Config
-from edge.eval_liveness import Analyser, evaluate, meets_targets
+from edge.measure.eval_liveness import Analyser, evaluate, meets_targets
 from edge.vision.pipeline import VisionPipeline
 
 

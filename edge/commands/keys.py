@@ -6,7 +6,7 @@ import argparse
 import json
 
 from edge.config import Config
-from edge.keys import init_keys, keys_dir, load_keys, public_keys
+from edge.trust.keys import init_keys, keys_dir, load_keys, public_keys
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

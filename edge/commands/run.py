@@ -7,20 +7,20 @@ import contextlib
 import json
 import sys
 
-from edge.actuators import make_actuator
 from edge.camera import open_source
-from edge.claims import Claim, ClaimSource, FixedClaim, LineClaims, parse_claim_line
+from edge.camera.demo import default_source_uri
 from edge.config import Config
-from edge.debug_capture import DebugCapture
-from edge.demo_source import default_source_uri
 from edge.errors import FacegateError, KeyStoreError
-from edge.events import EventFactory
-from edge.keys import DeviceKeys, init_keys, keys_dir, load_keys
-from edge.kiosk import Kiosk, install_signal_handlers
-from edge.lockout import LockoutStore
-from edge.outbox import OUTBOX_FILE, Outbox
-from edge.presence import PresenceStore
-from edge.templates import TemplateStore, db_path
+from edge.kiosk.actuators import make_actuator
+from edge.kiosk.claims import Claim, ClaimSource, FixedClaim, LineClaims, parse_claim_line
+from edge.kiosk.debug_capture import DebugCapture
+from edge.kiosk.loop import Kiosk, install_signal_handlers
+from edge.kiosk.presence import PresenceStore
+from edge.session.lockout import LockoutStore
+from edge.templates.store import TemplateStore, db_path
+from edge.transport.outbox import OUTBOX_FILE, Outbox
+from edge.trust.events import EventFactory
+from edge.trust.keys import DeviceKeys, init_keys, keys_dir, load_keys
 from edge.vision.pipeline import VisionPipeline
 
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             stack.callback(presence.close)
         factory = EventFactory(cfg.device.id, cfg.device.site, keys.signing_key)
         if cfg.mqtt.enabled:
-            from edge.kiosk_link import start_link
+            from edge.kiosk.uplink import start_link
 
             link = start_link(cfg, keys, outbox)
             stack.callback(link.stop)

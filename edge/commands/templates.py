@@ -9,9 +9,9 @@ from pathlib import Path
 
 from edge.config import Config
 from edge.errors import FacegateError, TemplateError
-from edge.keys import load_keys
-from edge.sealing import decode_sealed_file, parse_backend_public
-from edge.templates import TemplateStore, db_path, open_store, wipe_files
+from edge.templates.store import TemplateStore, db_path, open_store, wipe_files
+from edge.trust.keys import load_keys
+from edge.trust.sealed import decode_sealed_file, parse_backend_public
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from edge.camera import open_source
 from edge.config import Config
-from edge.lockout import LockoutStore
-from edge.session import Decision, Embedding, PipelineVision, VerificationSession
+from edge.session.lockout import LockoutStore
+from edge.session.verification import Decision, Embedding, PipelineVision, VerificationSession
 from edge.vision.pipeline import VisionPipeline
 
 
@@ -26,7 +26,7 @@ def load_reference(cfg: Config, subject: str) -> list[Embedding]:
     The plaintext lives only in memory for this one session. TemplateError (exit 2) names the
     subject and the reason: unknown, revoked, expired, tampered, wrong key, other device.
     """
-    from edge.templates import open_store
+    from edge.templates.store import open_store
 
     with open_store(cfg.state_dir, cfg.device.id) as store:
         return [store.reference(subject)]

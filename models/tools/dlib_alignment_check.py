@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lfw_chips import DlibChipper  # noqa: E402
 
-from edge import eval_lfw as ev  # noqa: E402
+from edge.measure import eval_lfw as ev  # noqa: E402
 from edge.vision.embed import Embedder  # noqa: E402
 
 

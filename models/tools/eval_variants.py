@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from edge import eval_lfw as ev  # noqa: E402
 from edge.config import load_config  # noqa: E402
+from edge.measure import eval_lfw as ev  # noqa: E402
 from edge.vision import align  # noqa: E402
 from edge.vision.embed import Embedder  # noqa: E402
 from edge.vision.models import EMBEDDER, model_path  # noqa: E402

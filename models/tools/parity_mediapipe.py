@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     import numpy as np
 
-    from edge.bench import data_root
+    from edge.measure.bench import data_root
     from edge.vision.detect import FaceDetector
     from edge.vision.landmarks import LandmarkModel
 

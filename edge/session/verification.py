@@ -20,9 +20,7 @@ from numpy.typing import NDArray
 
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.decision import Decision as Decision
-from edge.decision import challenge_required as challenge_required
-from edge.liveness import (
+from edge.liveness.blink import (
     BlinkDetector,
     Challenge,
     ContinuityMonitor,
@@ -32,8 +30,10 @@ from edge.liveness import (
     eye_openness,
     schedule_challenge,
 )
-from edge.lockout import LockoutStore
-from edge.observations import LandmarksLike, ObservationLike, QualityLike
+from edge.session.decision import Decision as Decision
+from edge.session.decision import challenge_required as challenge_required
+from edge.session.lockout import LockoutStore
+from edge.session.ports import LandmarksLike, ObservationLike, QualityLike
 
 Embedding = NDArray[np.float32]
 

@@ -23,20 +23,20 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.actuators import Actuator, NoActuator
 from edge.camera import Source
 from edge.camera.base import Frame
-from edge.claims import Claim, ClaimSource
 from edge.config import Config
-from edge.debug_capture import DebugCapture
 from edge.errors import FacegateError
-from edge.events import EventFactory
-from edge.lockout import LockoutStore
-from edge.outbox import Outbox
-from edge.presence import PresenceStore
-from edge.profiles import CLAIM_PROMPTS, event_for
-from edge.sdnotify import Notifier
-from edge.session import Decision, VerificationSession
+from edge.kiosk.actuators import Actuator, NoActuator
+from edge.kiosk.claims import Claim, ClaimSource
+from edge.kiosk.debug_capture import DebugCapture
+from edge.kiosk.presence import PresenceStore
+from edge.kiosk.profiles import CLAIM_PROMPTS, event_for
+from edge.kiosk.sdnotify import Notifier
+from edge.session.lockout import LockoutStore
+from edge.session.verification import Decision, VerificationSession
+from edge.transport.outbox import Outbox
+from edge.trust.events import EventFactory
 
 log = logging.getLogger(__name__)
 

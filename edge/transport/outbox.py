@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
-from edge.events import PAYMENT_TYPES, EventFactory, SignedEvent, next_seq_in
+from edge.trust.events import PAYMENT_TYPES, EventFactory, SignedEvent, next_seq_in
 
 OUTBOX_FILE = "outbox.db"
 _SCHEMA = """

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,7 +34,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import Config, MqttConfig
-from edge.downlink import (
+from edge.errors import ConfigError
+from edge.transport.downlink import (
     DOWNLINK_FILE,
     Command,
     CommandError,
@@ -43,9 +43,8 @@ from edge.downlink import (
     parse_public_key,
     verify_command,
 )
-from edge.errors import ConfigError
-from edge.events import EventError, EventFactory, cmd_topic, status_topic
-from edge.outbox import Outbox
+from edge.transport.outbox import Outbox
+from edge.trust.events import EventError, EventFactory, cmd_topic, status_topic
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 86_400  # the broker keeps our cmd subscription (and queued commands) a day
@@ -369,9 +368,3 @@ def link_for_kiosk(
         handlers=handlers,
         guard=ReplayGuard(cfg.state_dir / DOWNLINK_FILE),
     )
-
-
-if __name__ == "__main__":
-    from edge.commands.outbox import tool_main
-
-    sys.exit(tool_main(sys.argv[1:]))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import DataError
-from edge.liveness import Blink
+from edge.liveness.blink import Blink
 
 LIVE_KINDS = ("live_blink", "live_open")
 TOLERANCE_FRAMES = 2  # annotations are by eye: a detection this close still matches

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from edge.config import Config
-from edge.downlink import parse_public_key, standard_handlers
-from edge.keys import DeviceKeys
-from edge.mqtt import MqttLink, link_for_kiosk
-from edge.outbox import Outbox
-from edge.templates import TemplateStore, db_path
+from edge.templates.store import TemplateStore, db_path
+from edge.transport.downlink import parse_public_key, standard_handlers
+from edge.transport.mqtt import MqttLink, link_for_kiosk
+from edge.transport.outbox import Outbox
+from edge.trust.keys import DeviceKeys
 
 
 def start_link(cfg: Config, keys: DeviceKeys, outbox: Outbox) -> MqttLink:

@@ -46,7 +46,7 @@ def data_root() -> Path | None:
     raw = os.environ.get("FACEGATE_DATA")
     if raw:
         return Path(raw)
-    guess = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    guess = Path(__file__).resolve().parents[3] / "shared" / "data"
     return guess if guess.is_dir() else None
 
 
@@ -104,7 +104,7 @@ def optional_stages(cfg: Config, threads: int) -> Stages:
     """Liveness, alignment and embedder if their modules (and model) have landed."""
     st = Stages()
     try:
-        liveness = importlib.import_module("edge.liveness")
+        liveness = importlib.import_module("edge.liveness.blink")
         openness = liveness.eye_openness
         blinks = liveness.BlinkDetector(cfg.liveness)
 
@@ -113,7 +113,7 @@ def optional_stages(cfg: Config, threads: int) -> Stages:
 
         st.liveness = live
     except (ImportError, AttributeError) as exc:
-        st.notes["liveness"] = f"edge.liveness not available ({exc})"
+        st.notes["liveness"] = f"edge.liveness.blink not available ({exc})"
     try:
         align = importlib.import_module("edge.vision.align")
 

@@ -12,13 +12,13 @@ from typing import Any
 from edge import __version__
 from edge.config import Config
 from edge.errors import FacegateError
-from edge.keys import DeviceKeys
-from edge.outbox import Outbox
-from edge.templates import TemplateStore, db_path
+from edge.templates.store import TemplateStore, db_path
+from edge.transport.outbox import Outbox
+from edge.trust.keys import DeviceKeys
 
 
 class DeviceServices:
-    """Implements `edge.console.ConsoleServices` for this device's state directory."""
+    """Implements `edge.console.session.ConsoleServices` for this device's state directory."""
 
     def __init__(self, cfg: Config, keys: DeviceKeys, outbox: Outbox) -> None:
         self.cfg, self.keys, self.outbox = cfg, keys, outbox

@@ -25,10 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from numpy.typing import NDArray
 
 from edge.errors import TemplateError
-from edge.keys import DeviceKeys, load_keys
-from edge.sealing import SealedTemplate, check_subject, open_sealed
-from edge.template_db import DB_NAME, SCHEMA_VERSION, TemplateDB, db_path, wipe_files
-from edge.template_records import (
+from edge.templates.db import DB_NAME, SCHEMA_VERSION, TemplateDB, db_path, wipe_files
+from edge.templates.record_cipher import (
     ACTIVE,
     EXPIRED,
     REVOKED,
@@ -38,6 +36,8 @@ from edge.template_records import (
     iso_utc,
     normalised,
 )
+from edge.trust.keys import DeviceKeys, load_keys
+from edge.trust.sealed import SealedTemplate, check_subject, open_sealed
 
 __all__ = [
     "ACTIVE",
@@ -171,7 +171,7 @@ class TemplateStore:
     def import_sealed(
         self, blob: bytes, backend_public: Ed25519PublicKey
     ) -> tuple[TemplateInfo, bool]:
-        """Open a sealed template (see edge.sealing) and store it; returns (info, changed)."""
+        """Open a sealed template (see edge.trust.sealed) and store it; returns (info, changed)."""
         return self.put_sealed(open_sealed(blob, self._keys, backend_public))
 
     def put_sealed(self, sealed: SealedTemplate) -> tuple[TemplateInfo, bool]:

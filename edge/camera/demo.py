@@ -19,7 +19,7 @@ def data_roots() -> list[Path]:
     roots = []
     if os.environ.get("FACEGATE_DATA"):
         roots.append(Path(os.environ["FACEGATE_DATA"]))
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     roots.append(repo.parent / "shared" / "data")
     return roots
 

@@ -22,17 +22,17 @@ from numpy.typing import NDArray
 
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.liveness import Blink, detect_blinks, eye_openness
-from edge.liveness_data import LIVE_KINDS as LIVE_KINDS
-from edge.liveness_data import Annotation as Annotation
-from edge.liveness_data import AttackEntry as AttackEntry
-from edge.liveness_data import BlinkScore as BlinkScore
-from edge.liveness_data import LivenessData as LivenessData
-from edge.liveness_data import VideoEntry as VideoEntry
-from edge.liveness_data import read_data as read_data
-from edge.liveness_data import score_blinks as score_blinks
-from edge.observations import QualityLike
-from edge.session import Decision, Embedding, VerificationSession
+from edge.liveness.blink import Blink, detect_blinks, eye_openness
+from edge.measure.liveness_data import LIVE_KINDS as LIVE_KINDS
+from edge.measure.liveness_data import Annotation as Annotation
+from edge.measure.liveness_data import AttackEntry as AttackEntry
+from edge.measure.liveness_data import BlinkScore as BlinkScore
+from edge.measure.liveness_data import LivenessData as LivenessData
+from edge.measure.liveness_data import VideoEntry as VideoEntry
+from edge.measure.liveness_data import read_data as read_data
+from edge.measure.liveness_data import score_blinks as score_blinks
+from edge.session.ports import QualityLike
+from edge.session.verification import Decision, Embedding, VerificationSession
 
 PROMPT_BEFORE_BLINK_S = (0.2, 0.6)  # the prompt is placed this long before a live blink
 SESSION_LEAD_S = 1.0  # a live session starts this long before its prompt (acquisition)

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.liveness import FaceBoxLike
+from edge.liveness.blink import FaceBoxLike
 
 
 class LandmarksLike(Protocol):

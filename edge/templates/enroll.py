@@ -26,14 +26,14 @@ from numpy.typing import NDArray
 from edge.camera.base import Frame
 from edge.config import Config
 from edge.errors import FacegateError
-from edge.liveness import (
+from edge.liveness.blink import (
     BlinkDetector,
     ContinuityMonitor,
     MotionMonitor,
     eye_openness,
 )
-from edge.observations import LandmarksLike, ObservationLike, QualityLike
-from edge.templates import TemplateInfo, TemplateStore
+from edge.session.ports import LandmarksLike, ObservationLike, QualityLike
+from edge.templates.store import TemplateInfo, TemplateStore
 
 Embedding = NDArray[np.float32]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.claims import Claim
 from edge.config import Config
-from edge.session import Decision
+from edge.kiosk.claims import Claim
+from edge.session.verification import Decision
 
 CLAIM_PROMPTS = {
     "demo": "Please look at the camera",

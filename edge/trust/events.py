@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge import canonical
 from edge.errors import FacegateError
+from edge.trust import canonical
 
 VERSION = 1
 MAX_EVENT_BYTES = 4096  # a real event is ~400 bytes; anything bigger is refused unread

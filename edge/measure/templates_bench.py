@@ -1,6 +1,7 @@
 """Template store benchmark: on-disk size, decrypt+compare cost, claim verification latency.
 
-    python -m edge.templates_bench [--templates 10000] [--claims 1000] [--dir D] [--json OUT]
+    python -m edge.measure.templates_bench [--templates 10000] [--claims 1000] [--dir D]
+        [--json OUT]
 
 Builds a fresh store of N random unit-length 128-d templates through the public API (one
 transaction per enrolment, synchronous=FULL, as on a kiosk), then measures:
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.keys import init_keys, load_keys
-from edge.templates import TemplateStore, cosine, db_path
+from edge.templates.store import TemplateStore, cosine, db_path
+from edge.trust.keys import init_keys, load_keys
 
 DEVICE = "bench-device"
 
@@ -86,7 +87,7 @@ def run_bench(state_dir: Path, n_templates: int, n_claims: int, seed: int = 0) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edge.templates_bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m edge.measure.templates_bench", description=__doc__)
     p.add_argument("--templates", type=int, default=10_000, metavar="N")
     p.add_argument("--claims", type=int, default=1000, metavar="N")
     p.add_argument("--dir", type=Path, help="empty directory for the store (default: a temp dir)")

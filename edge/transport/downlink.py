@@ -25,8 +25,8 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge import canonical
 from edge.errors import FacegateError
+from edge.trust import canonical
 
 COMMAND_TYPES = ("templates.sync", "templates.revoke", "config.reload", "wipe")
 MAX_COMMAND_BYTES = 256 * 1024  # a template sync carries sealed templates (~1 KB each)
@@ -192,7 +192,7 @@ def verify_command(
 
 
 class TemplateStoreLike(Protocol):
-    """The part of edge.templates.TemplateStore the command handlers use."""
+    """The part of edge.templates.store.TemplateStore the command handlers use."""
 
     def import_sealed(self, blob: bytes, backend_public: Ed25519PublicKey) -> Any: ...
     def revoke(self, subject: str) -> Any: ...
@@ -211,7 +211,7 @@ def standard_handlers(
 ) -> dict[str, Callable[[Command], None]]:
     """Handlers for the four command types; bodies:
 
-    - `templates.sync`:   {"templates": [<base64 of a sealed template (edge.sealing)>, ...]}
+    - `templates.sync`:   {"templates": [<base64 of a sealed template (edge.trust.sealed)>, ...]}
     - `templates.revoke`: {"subjects": ["s-1", ...]}
     - `config.reload`:    {}  -> on_config_reload()
     - `wipe`:             {}  -> store.wipe(), then on_wipe()

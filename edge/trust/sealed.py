@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from numpy.typing import NDArray
 
 from edge.errors import KeyStoreError, TemplateError
-from edge.keys import DeviceKeys
+from edge.trust.keys import DeviceKeys
 
 MAGIC = b"FGST"
 FORMAT = 1
