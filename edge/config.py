@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ConfigError
+from edge.ids import ID_RULE, is_valid_id
 
 ENV_CONFIG = "FACEGATE_CONFIG"
 ENV_STATE_DIR = "FACEGATE_STATE_DIR"
@@ -342,14 +343,12 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("mqtt.cert_file / mqtt.key_file: give both for mTLS, or neither")
     if cfg.actuator.kind == "serial" and not cfg.actuator.serial_port:
         problems.append("actuator.serial_port = '': must name a port when actuator.kind = 'serial'")
-    if not cfg.device.id or len(cfg.device.id) > 64 or "/" in cfg.device.id or "+" in cfg.device.id:
-        problems.append(
-            f"device.id = {_fmt(cfg.device.id)}: must be 1-64 characters without '/', '+' or '#'"
-        )
-    if not cfg.device.site or "/" in cfg.device.site or "+" in cfg.device.site:
-        problems.append(
-            f"device.site = {_fmt(cfg.device.site)}: must be non-empty without '/' or '+'"
-        )
+    for key, value in (("device.id", cfg.device.id), ("device.site", cfg.device.site)):
+        if not is_valid_id(value):
+            problems.append(f"{key} = {_fmt(value)}: must be {ID_RULE}")
+    for subject in cfg.smart_lock.household:
+        if not is_valid_id(subject):
+            problems.append(f"smart_lock.household: {_fmt(subject)}: must be {ID_RULE}")
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:

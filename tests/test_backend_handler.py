@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from edge.backend.devices import KeyCache, add_device
 from edge.backend.ledger import Ledger, Outcome
 from edge.backend.worker import EventHandler
+from edge.transport.topics import event_topic, topic_for
 from edge.trust import canonical
-from edge.trust.events import event_topic
 
 F, PUB = factory("kiosk-1", "bakery-1")
 
@@ -33,7 +33,7 @@ def handler(tmp_path: Path) -> Iterator[EventHandler]:
 
 def test_a_valid_signed_event_is_booked_with_its_amount(handler: EventHandler) -> None:
     ev = payment(F, 1, amount=1234, currency="EUR")
-    v = handler.handle(ev.topic, ev.payload)
+    v = handler.handle(topic_for(ev.event), ev.payload)
     assert (v.outcome, v.key) == (Outcome.BOOKED, "kiosk-1:1")
     assert handler.ledger.totals()["amount_per_currency"] == {"EUR": 1234}
 
@@ -42,8 +42,8 @@ def test_redelivery_is_acknowledged_as_duplicate_and_not_booked_twice(
     handler: EventHandler,
 ) -> None:
     ev = door(F, 5)
-    assert handler.handle(ev.topic, ev.payload).outcome is Outcome.BOOKED
-    assert handler.handle(ev.topic, ev.payload).outcome is Outcome.DUPLICATE
+    assert handler.handle(topic_for(ev.event), ev.payload).outcome is Outcome.BOOKED
+    assert handler.handle(topic_for(ev.event), ev.payload).outcome is Outcome.DUPLICATE
     assert handler.ledger.count() == 1
 
 
@@ -51,8 +51,8 @@ def test_same_seq_signed_again_with_other_content_raises_a_replay_alert(
     handler: EventHandler,
 ) -> None:
     first, second = payment(F, 9, amount=100), payment(F, 9, amount=100_000)
-    handler.handle(first.topic, first.payload)
-    assert handler.handle(second.topic, second.payload).outcome is Outcome.REPLAY
+    handler.handle(topic_for(first.event), first.payload)
+    assert handler.handle(topic_for(second.event), second.payload).outcome is Outcome.REPLAY
     assert handler.ledger.totals()["amount_per_currency"] == {"EUR": 100}
     assert len(handler.ledger.alerts()) == 1
 
@@ -70,15 +70,19 @@ def _cases() -> list[tuple[str, str, bytes]]:
     unknown, _ = factory("kiosk-x", "bakery-1")
     u = payment(unknown, 1)
     return [
-        ("oversized", ev.topic, ev.payload + b" " * 5000),
-        ("malformed_json", ev.topic, b"{not json"),
-        ("malformed_json", ev.topic, b"\xff\xfe"),
-        ("non_canonical", ev.topic, json.dumps(json.loads(ev.payload), indent=1).encode()),
-        ("bad_schema", ev.topic, canonical.dumps({"v": 1, "sig": "0" * 128})),
-        ("malformed_json", ev.topic, b"[1,2,3]"),
-        ("bad_signature", ev.topic, forged.payload),
-        ("bad_signature", ev.topic, _tampered(ev.payload, amount=1)),
-        ("unknown_device", u.topic, u.payload),
+        ("oversized", topic_for(ev.event), ev.payload + b" " * 5000),
+        ("malformed_json", topic_for(ev.event), b"{not json"),
+        ("malformed_json", topic_for(ev.event), b"\xff\xfe"),
+        (
+            "non_canonical",
+            topic_for(ev.event),
+            json.dumps(json.loads(ev.payload), indent=1).encode(),
+        ),
+        ("bad_schema", topic_for(ev.event), canonical.dumps({"v": 1, "sig": "0" * 128})),
+        ("malformed_json", topic_for(ev.event), b"[1,2,3]"),
+        ("bad_signature", topic_for(ev.event), forged.payload),
+        ("bad_signature", topic_for(ev.event), _tampered(ev.payload, amount=1)),
+        ("unknown_device", topic_for(u.event), u.payload),
         ("bad_topic", "facegate/v1/bakery-1/kiosk-1/status", ev.payload),
         ("bad_topic", "facegate/v2/bakery-1/kiosk-1/event/payment.authorize", ev.payload),
         ("bad_topic", "", ev.payload),
@@ -99,9 +103,9 @@ def test_bad_messages_are_refused_counted_by_reason_and_never_booked(
 
 def test_a_forged_event_cannot_take_the_seq_of_a_real_one(handler: EventHandler) -> None:
     real = payment(F, 4, amount=500)
-    handler.handle(real.topic, real.payload)
+    handler.handle(topic_for(real.event), real.payload)
     forged = _tampered(real.payload, amount=1)
-    assert handler.handle(real.topic, forged).reason == "bad_signature"
+    assert handler.handle(topic_for(real.event), forged).reason == "bad_signature"
     assert handler.ledger.alerts() == []  # a bad signature is not even a replay candidate
 
 
@@ -109,7 +113,7 @@ def test_a_forged_event_cannot_take_the_seq_of_a_real_one(handler: EventHandler)
 
 _VALID = [payment(F, s) for s in range(1, 4)] + [door(F, 10)]
 _topics = st.one_of(
-    st.sampled_from([e.topic for e in _VALID]),
+    st.sampled_from([topic_for(e.event) for e in _VALID]),
     st.text(max_size=80),
     st.lists(st.sampled_from(["facegate", "v1", "bakery-1", "kiosk-1", "event", "+", "#", ""]),
              max_size=8).map("/".join),
@@ -181,10 +185,10 @@ def test_any_event_signed_with_an_unregistered_key_is_a_bad_signature(
 ) -> None:
     h = _fuzz_handler(tmp_path_factory)
     forged = payment(_STRANGER, seq, amount=amount, currency=currency)
-    v = h.handle(forged.topic, forged.payload)
+    v = h.handle(topic_for(forged.event), forged.payload)
     assert (v.outcome, v.reason) == (Outcome.REJECTED, "bad_signature")
     genuine = payment(F, seq, amount=amount, currency=currency)
-    assert h.handle(genuine.topic, genuine.payload).outcome is Outcome.BOOKED
+    assert h.handle(topic_for(genuine.event), genuine.payload).outcome is Outcome.BOOKED
     with h.ledger.transaction() as conn:
         h.ledger.execute(conn, "DELETE FROM events")
 
@@ -194,6 +198,6 @@ def test_after_the_fuzz_the_same_handler_still_books_a_good_event(
 ) -> None:
     h = _fuzz_handler(tmp_path_factory)
     good = door(F, 99)
-    assert h.handle(good.topic, good.payload).outcome is Outcome.BOOKED
+    assert h.handle(topic_for(good.event), good.payload).outcome is Outcome.BOOKED
     h.ledger.close()
     _FUZZ.clear()

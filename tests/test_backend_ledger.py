@@ -12,6 +12,7 @@ from _backend import factory
 
 from edge.backend.devices import DeviceError, KeyCache, add_device, list_devices, remove_device
 from edge.backend.ledger import Booking, Ledger, LedgerError, Outcome
+from edge.errors import KeyStoreError
 
 ledger_target = _backend.ledger_target  # fixture: SQLite file and PostgreSQL schema
 
@@ -117,12 +118,21 @@ def test_device_registry_adds_rekeys_lists_and_removes(ledger_target: str) -> No
         assert KeyCache(led).get("kiosk-9") is None
 
 
-@pytest.mark.parametrize("name,key", [("bad name!", "ab" * 32), ("k", "ab" * 31), ("k", "zz" * 32)])
+@pytest.mark.parametrize(
+    "name,key,error",
+    [
+        ("bad name!", "ab" * 32, DeviceError),
+        ("k", "ab" * 31, KeyStoreError),
+        ("k", "zz" * 32, KeyStoreError),
+    ],
+)
 def test_registry_refuses_bad_names_and_keys_with_a_clear_error(
-    tmp_path: Path, name: str, key: str
+    tmp_path: Path, name: str, key: str, error: type[Exception]
 ) -> None:
-    with Ledger(tmp_path / "l.db") as led, pytest.raises(DeviceError, match="use|hex"):
+    with Ledger(tmp_path / "l.db") as led, pytest.raises(error, match="use|hex"):
         add_device(led, name, key)
+    with Ledger(tmp_path / "l.db") as led:
+        assert list_devices(led) == []
 
 
 def test_unreachable_postgres_and_missing_directory_are_one_line_errors(tmp_path: Path) -> None:

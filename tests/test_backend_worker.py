@@ -24,7 +24,7 @@ from _broker import Broker, start_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.backend.ledger import Ledger
-from edge.trust.events import event_topic
+from edge.transport.topics import event_topic, topic_for
 
 
 def _publisher(broker: Broker) -> mqtt.Client:
@@ -68,21 +68,22 @@ def test_worker_books_events_and_refuses_bad_ones_without_stopping(
     c = _publisher(plain_broker)
     try:
         good = [payment(f, 1, amount=300), payment(f, 2, amount=200), door(f, 3)]
-        _publish(c, good[0].topic, good[0].payload)
+        _publish(c, topic_for(good[0].event), good[0].payload)
         wait_for(lambda: Ledger(db).count() == 1, 20, "the first event to be booked")
         bad = [
-            (good[0].topic, b"{garbage"),  # malformed_json
-            (good[0].topic, b"x" * 20_000),  # oversized
-            (good[0].topic, payment(stranger, 7).payload),  # bad_signature
+            (topic_for(good[0].event), b"{garbage"),  # malformed_json
+            (topic_for(good[0].event), b"x" * 20_000),  # oversized
+            (topic_for(good[0].event), payment(stranger, 7).payload),  # bad_signature
             (event_topic("bakery-1", "kiosk-1", "door.unlock"), good[1].payload),  # mismatch
             ("facegate/v1/bakery-1/kiosk-1/event/not.a.type", good[1].payload),  # bad_topic
-            (good[0].topic, good[0].payload),  # duplicate
-            (good[0].topic, payment(f, 1, amount=99_999).payload),  # replay: alert, not booked
+            (topic_for(good[0].event), good[0].payload),  # duplicate
+            # replay: alert, not booked
+            (topic_for(good[0].event), payment(f, 1, amount=99_999).payload),
         ]
         for topic, payload in bad:
             _publish(c, topic, payload)
         for ev in good[1:]:
-            _publish(c, ev.topic, ev.payload)
+            _publish(c, topic_for(ev.event), ev.payload)
         wait_for(lambda: Ledger(db).count() == 3, 20, "all good events to be booked")
         wait_for(
             lambda: sum(Ledger(db).rejection_counts().values()) == len(bad), 20, "the rejections"
@@ -120,7 +121,7 @@ def test_worker_over_tls_with_pinned_ca(tmp_path: Path, mtls: bool) -> None:
         try:
             for seq in range(1, 6):
                 ev = door(f, seq)
-                _publish(c, ev.topic, ev.payload)
+                _publish(c, topic_for(ev.event), ev.payload)
             wait_for(lambda: Ledger(db).count() == 5, 20, "5 events over TLS")
         finally:
             c.disconnect()
@@ -157,7 +158,8 @@ def test_a_worker_whose_ledger_fails_stops_without_acking_and_a_restart_books_th
 ) -> None:
     """Never acknowledge an event that is not booked: the broker keeps it for the session."""
     from edge.backend.devices import KeyCache, add_device
-    from edge.backend.worker import BrokerUrl, EventHandler, Worker, WorkerOptions
+    from edge.backend.worker import EventHandler, Worker, WorkerOptions
+    from edge.transport.broker_url import BrokerUrl
 
     db = tmp_path / "ledger.db"
     f, pub = factory("kiosk-3", "site-3")
@@ -172,7 +174,7 @@ def test_a_worker_whose_ledger_fails_stops_without_acking_and_a_restart_books_th
     try:
         assert worker.subscribed.wait(10)
         ev = door(f, 1)
-        _publish(c, ev.topic, ev.payload)
+        _publish(c, topic_for(ev.event), ev.payload)
         assert worker.fatal.wait(10), "a failing ledger must stop the worker"
         assert worker.counts == {}  # nothing settled, nothing acknowledged
     finally:

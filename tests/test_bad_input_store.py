@@ -259,8 +259,9 @@ def _sealed_variants(state: Path, tmp_path: Path) -> tuple[str, dict[str, bytes]
     """The backend's public key (hex) and sealed-template files, one good and several bad."""
     import time
 
+    from edge.backend.keys import backend_public_hex, generate_backend_keys
+    from edge.backend.sealing import seal_template
     from edge.trust.keys import load_keys
-    from edge.trust.sealed import backend_public_hex, generate_backend_keys, seal_template
 
     backend = generate_backend_keys(tmp_path / "backend")
     stranger = generate_backend_keys(tmp_path / "stranger")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.console.session import check_pin, hash_pin, redact
+from edge.console.auth import check_pin, hash_pin
+from edge.console.session import redact
 
 PIN = "482915"
 

@@ -10,8 +10,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.transport.downlink import CommandError, ReplayGuard, sign_command, verify_command
+from edge.backend.commands import sign_command
+from edge.transport.downlink import ReplayGuard
 from edge.trust import canonical
+from edge.trust.commands import CommandError, verify_command
 
 BACKEND = Ed25519PrivateKey.generate()
 NOW = 1_800_000_000.0
@@ -109,10 +111,10 @@ def test_standard_handlers_sync_revoke_and_wipe_the_real_template_store(tmp_path
 
     import numpy as np
 
+    from edge.backend.sealing import seal_template
     from edge.templates.store import open_store
     from edge.transport.downlink import standard_handlers
     from edge.trust.keys import init_keys
-    from edge.trust.sealed import seal_template
 
     keys = init_keys(tmp_path, "kiosk-1")
     now = int(time.time())

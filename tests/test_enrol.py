@@ -11,7 +11,7 @@ from conftest import require_data
 
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.liveness.blink import LEFT_EYE, RIGHT_EYE
+from edge.liveness.eye import LEFT_EYE, RIGHT_EYE
 from edge.templates.enroll import (
     EnrolmentCapture,
     EnrolmentRefused,

@@ -13,19 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.transport.seq import SqliteSeqStore
+from edge.transport.topics import cmd_topic, event_topic, parse_event_topic, status_topic, topic_for
 from edge.trust import canonical
-from edge.trust.events import (
-    EVENT_TYPES,
-    EventError,
-    EventFactory,
-    SqliteSeqStore,
-    cmd_topic,
-    event_topic,
-    parse_event,
-    parse_event_topic,
-    status_topic,
-    verify_event,
-)
+from edge.trust.event_schema import EVENT_TYPES, EventError
+from edge.trust.events import EventFactory, parse_event, verify_event
 
 DECISION = {
     "subject": "s-7f3a",
@@ -82,7 +74,7 @@ def test_payload_is_canonical_and_sig_covers_the_event_without_sig(
     key.public_key().verify(bytes.fromhex(ev.event["sig"]), canonical.dumps(body))
     assert ev.event["nonce"] == bytes(range(16)).hex()
     assert ev.key == "kiosk-1:1"
-    assert ev.topic == "facegate/v1/bakery-3/kiosk-1/event/door.unlock"
+    assert topic_for(ev.event) == "facegate/v1/bakery-3/kiosk-1/event/door.unlock"
 
 
 def test_seq_is_persisted_and_never_reused_after_reopen(

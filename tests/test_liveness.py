@@ -12,19 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.config import LivenessConfig
-from edge.liveness.blink import (
-    LEFT_EYE,
-    RIGHT_EYE,
-    Blink,
-    ContinuityMonitor,
-    MotionMonitor,
-    challenge_at,
-    detect_blinks,
-    eye_aspect_ratio,
-    eye_openness,
-    nonrigid_motion,
-    schedule_challenge,
-)
+from edge.liveness.blink import Blink, detect_blinks
+from edge.liveness.challenge import challenge_at, schedule_challenge
+from edge.liveness.continuity import ContinuityMonitor
+from edge.liveness.eye import LEFT_EYE, RIGHT_EYE, eye_aspect_ratio, eye_openness
+from edge.liveness.motion import MotionMonitor, nonrigid_motion
 
 CFG = LivenessConfig()
 OPEN_EAR = 0.30

@@ -18,7 +18,7 @@ from conftest import require_data
 
 from edge.config import Config
 from edge.errors import ModelError
-from edge.liveness.blink import ContinuityMonitor
+from edge.liveness.continuity import ContinuityMonitor
 from edge.measure.eval_liveness import (
     Analyser,
     FrameRecord,

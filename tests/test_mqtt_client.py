@@ -25,11 +25,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.backend.commands import sign_command
 from edge.config import Config, DeviceConfig, MqttConfig
-from edge.transport.downlink import Command, sign_command
 from edge.transport.mqtt import Backoff, MqttLink, link_for_kiosk
 from edge.transport.outbox import Outbox
-from edge.trust.events import EventFactory, cmd_topic, status_topic, verify_event
+from edge.transport.topics import cmd_topic, status_topic
+from edge.trust.commands import Command
+from edge.trust.events import EventFactory, verify_event
 
 DEVICE, SITE = "kiosk-7", "site-a"
 KEY = Ed25519PrivateKey.generate()

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.transport.outbox import Outbox, OutboxFullError
-from edge.trust.events import PAYMENT_TYPES, EventFactory, verify_event
+from edge.trust.event_schema import PAYMENT_TYPES
+from edge.trust.events import EventFactory, verify_event
 
 KEY = Ed25519PrivateKey.generate()
 PAY = {

@@ -13,17 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.backend.keys import backend_public_hex, generate_backend_keys, load_backend_signing_key
+from edge.backend.sealing import seal_template
 from edge.errors import KeyStoreError, TemplateError
-from edge.trust.keys import DeviceKeys, init_keys
-from edge.trust.sealed import (
-    backend_public_hex,
-    decode_sealed_file,
-    generate_backend_keys,
-    load_backend_signing_key,
-    open_sealed,
-    parse_backend_public,
-    seal_template,
-)
+from edge.trust.keys import DeviceKeys, init_keys, parse_backend_public_key
+from edge.trust.sealed import decode_sealed_file, open_sealed
 
 NOW = 1_800_000_000
 
@@ -145,14 +139,15 @@ def test_backend_key_pair_files_round_trip_and_permissions(tmp_path: Path) -> No
     loaded = load_backend_signing_key(path)
     assert backend_public_hex(loaded) == backend_public_hex(key)
     pub_text = (tmp_path / "backend" / "backend-signing.pub").read_text().strip()
-    assert parse_backend_public(pub_text).public_bytes_raw() == key.public_key().public_bytes_raw()
+    parsed = parse_backend_public_key(pub_text)
+    assert parsed.public_bytes_raw() == key.public_key().public_bytes_raw()
     with pytest.raises(KeyStoreError, match="never overwritten"):
         generate_backend_keys(tmp_path / "backend")
     os.chmod(path, 0o644)
     with pytest.raises(KeyStoreError, match="chmod 600"):
         load_backend_signing_key(path)
     with pytest.raises(KeyStoreError, match="backend_public_key"):
-        parse_backend_public("zz")
+        parse_backend_public_key("zz")
 
 
 # -- property tests: the parser meets arbitrary bytes ------------------------------------------

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.backend.sealing import seal_template
 from edge.errors import TemplateError
 from edge.templates.store import TemplateStore, db_path
 from edge.trust.keys import DeviceKeys, init_keys
-from edge.trust.sealed import seal_template
 
 DAY = 86400
 T0 = 1_800_000_000

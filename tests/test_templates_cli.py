@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.backend.keys import backend_public_hex, generate_backend_keys
+from edge.backend.sealing import seal_template
 from edge.trust.keys import load_keys
-from edge.trust.sealed import backend_public_hex, generate_backend_keys, seal_template
 
 
 def facegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from edge.backend.sealing import seal_template
 from edge.errors import TemplateError
 from edge.templates.store import TemplateStore, db_path
 from edge.trust.keys import init_keys
-from edge.trust.sealed import seal_template
 
 SUBJECTS = st.sampled_from(["s-1", "s-2", "s-3"])
 DAY = 86400

@@ -87,11 +87,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.backend.ledger import Ledger
     from edge.backend.worker import (
         DEFAULT_MAX_BYTES,
-        BrokerUrl,
         EventHandler,
         WorkerOptions,
         run_worker,
     )
+    from edge.transport.broker_url import BrokerUrl
 
     broker = BrokerUrl.parse(args.broker)
     for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):

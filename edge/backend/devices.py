@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -11,9 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.backend.ledger import Ledger
 from edge.errors import FacegateError
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the same rule as event `device`
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+from edge.ids import id_problem
+from edge.trust.keys import parse_ed25519_public
 
 
 class DeviceError(FacegateError):
@@ -30,19 +28,16 @@ class Device:
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
-    """Ed25519 public key from 64 hex chars (`signing_public` of `facegate keys public`)."""
-    text = text.strip()
-    if not _HEX64.fullmatch(text):
-        raise DeviceError(
-            f"public key must be 64 hex characters, got {len(text)} characters; "
-            "copy signing_public from `facegate keys public`"
-        )
-    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+    """A device's Ed25519 public key (`signing_public` of `facegate keys public`)."""
+    return parse_ed25519_public(
+        text, "device public key", "copy signing_public from `facegate keys public`"
+    )
 
 
 def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise DeviceError(f"device name {name[:80]!r} is invalid; use [A-Za-z0-9_.-], ≤ 64 chars")
+    problem = id_problem("device name", name)
+    if problem:
+        raise DeviceError(problem)
     return name
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
+from edge.trust.private_db import open_private_db
 
 
 class LedgerError(FacegateError):
@@ -111,15 +112,10 @@ class Ledger:
         if not path.parent.is_dir():
             raise LedgerError(f"directory {path.parent} does not exist; create it or pass --db")
         try:
-            conn = sqlite3.connect(
-                str(path), isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-            conn.execute("PRAGMA busy_timeout=30000")
             # WAL lets readers (`ledger`) run while workers write; FULL makes each commit
             # survive power loss, not only a killed process.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.DatabaseError as exc:
+            conn = open_private_db(path, timeout_s=30.0, check_same_thread=False)
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}; check the path") from exc
         return conn
 

@@ -21,7 +21,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -32,13 +31,16 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge.backend.devices import KeyCache
 from edge.backend.ledger import Booking, Ledger, Outcome
 from edge.errors import ConfigError
+from edge.transport.broker_url import BrokerUrl
+from edge.transport.topics import parse_event_topic
 from edge.trust import events
+from edge.trust.event_schema import MAX_EVENT_BYTES, PAYMENT_TYPES, EventError
 
 log = logging.getLogger("facegate.backend")
 
 SHARE_GROUP = "backend"
 EVENT_FILTER = "facegate/v1/+/+/event/#"
-DEFAULT_MAX_BYTES = events.MAX_EVENT_BYTES
+DEFAULT_MAX_BYTES = MAX_EVENT_BYTES
 
 # EventError.reason (edge/events.py) -> rejection reason counted in the ledger.
 _REASONS = {
@@ -76,9 +78,9 @@ class EventHandler:
         if len(payload) > self.max_bytes:  # refused unread
             return self._reject("oversized")
         try:
-            site, device, type_ = events.parse_event_topic(topic)
+            site, device, type_ = parse_event_topic(topic)
             unverified = events.parse_event(payload)
-        except events.EventError as exc:
+        except EventError as exc:
             return self._reject(_REASONS.get(exc.reason, exc.reason))
         key = events.idempotency_key(unverified)
         public_key = self.keys.get(str(unverified["device"]))
@@ -86,11 +88,11 @@ class EventHandler:
             return self._reject("unknown_device", key)
         try:
             event = events.verify_event(payload, public_key)
-        except events.EventError as exc:
+        except EventError as exc:
             return self._reject(_REASONS.get(exc.reason, exc.reason), key)
         if (event["site"], event["device"], event["type"]) != (site, device, type_):
             return self._reject("topic_mismatch", key)
-        amount = event.get("amount") if event["type"] in events.PAYMENT_TYPES else None
+        amount = event.get("amount") if event["type"] in PAYMENT_TYPES else None
         booking = Booking(
             device=str(event["device"]),
             seq=int(event["seq"]),
@@ -110,26 +112,6 @@ class EventHandler:
 
 
 # ---------------------------------------------------------------------------- MQTT side
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
-        """`mqtt://host[:1883]` or `mqtts://host[:8883]`."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError([f"broker URL {url!r} is invalid; use mqtt://host:port or mqtts://…"])
-        tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            raise ConfigError([f"broker URL {url!r} has a bad port; use 1..65535"]) from exc
-        return cls(parts.hostname, port, tls)
 
 
 @dataclass(frozen=True)

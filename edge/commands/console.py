@@ -9,7 +9,9 @@ import sys
 import threading
 
 from edge.config import Config
-from edge.console.session import AuthStore, Console, SerialLineIO, hash_pin
+from edge.console.auth import AuthStore, hash_pin
+from edge.console.serial_io import SerialLineIO
+from edge.console.session import Console
 from edge.errors import FacegateError
 
 

@@ -27,6 +27,7 @@ from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.errors import DataError
 from edge.vision.detect import FaceDetector
+from edge.vision.geometry import box_iou, box_size
 from edge.vision.landmarks import LandmarkModel
 from edge.vision.models import DETECTOR, LANDMARKER, model_path
 from edge.vision.pipeline import MIN_PRESENCE
@@ -43,8 +44,24 @@ class GroundTruth:
     ignore: bool
 
     @property
+    def x1(self) -> float:
+        return self.box[0]
+
+    @property
+    def y1(self) -> float:
+        return self.box[1]
+
+    @property
+    def x2(self) -> float:
+        return self.box[2]
+
+    @property
+    def y2(self) -> float:
+        return self.box[3]
+
+    @property
     def size_px(self) -> float:
-        return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
+        return box_size(self)
 
 
 def read_boxes(data: Path) -> dict[str, list[GroundTruth]]:
@@ -73,14 +90,6 @@ def read_boxes(data: Path) -> dict[str, list[GroundTruth]]:
     return out
 
 
-def _iou(a: FaceBox, b: tuple[float, float, float, float]) -> float:
-    ix = max(0.0, min(a.x2, b[2]) - max(a.x1, b[0]))
-    iy = max(0.0, min(a.y2, b[3]) - max(a.y1, b[1]))
-    inter = ix * iy
-    union = a.width * a.height + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def match(dets: list[FaceBox], gts: list[GroundTruth]) -> tuple[int, int, list[bool]]:
     """(true positives, false positives, hit per ground truth) at IoU >= 0.5, greedy by score."""
     hit = [False] * len(gts)
@@ -88,13 +97,13 @@ def match(dets: list[FaceBox], gts: list[GroundTruth]) -> tuple[int, int, list[b
     for d in sorted(dets, key=lambda f: -f.score):
         best, best_iou = -1, 0.5
         for i, g in enumerate(gts):
-            iou = _iou(d, g.box)
+            iou = box_iou(d, g)
             if not hit[i] and iou >= best_iou:
                 best, best_iou = i, iou
         if best >= 0:
             hit[best] = True
             tp += 0 if gts[best].ignore else 1
-        elif not any(_iou(d, g.box) >= 0.3 for g in gts if g.ignore):
+        elif not any(box_iou(d, g) >= 0.3 for g in gts if g.ignore):
             fp += 1
     return tp, fp, hit
 

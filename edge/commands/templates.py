@@ -10,8 +10,8 @@ from pathlib import Path
 from edge.config import Config
 from edge.errors import FacegateError, TemplateError
 from edge.templates.store import TemplateStore, db_path, open_store, wipe_files
-from edge.trust.keys import load_keys
-from edge.trust.sealed import decode_sealed_file, parse_backend_public
+from edge.trust.keys import load_keys, parse_backend_public_key
+from edge.trust.sealed import decode_sealed_file
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -40,7 +40,7 @@ def _import(store: TemplateStore, path: Path, cfg: Config) -> int:
         raw = path.read_bytes()
     except OSError as exc:
         raise TemplateError(f"cannot read {path} ({exc.strerror}); check the path") from None
-    backend = parse_backend_public(cfg.mqtt.backend_public_key)
+    backend = parse_backend_public_key(cfg.mqtt.backend_public_key)
     info, changed = store.import_sealed(decode_sealed_file(raw), backend)
     verb = "imported" if changed else "already present:"
     print(f"{verb} {info.subject} version {info.version}, expires {info.as_dict()['expires']}")

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from edge.ids import ID_RULE, is_valid_id
+
 log = logging.getLogger(__name__)
-_SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PHONE_LIKE = re.compile(r"\+?\d[\d-]{6,}")  # 7+ digits: a phone or card number, not an id
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 MAX_AMOUNT = 1e7
@@ -47,8 +48,8 @@ def parse_claim_line(line: str, method: str = "pos") -> Claim:
     if _PHONE_LIKE.fullmatch(subject):
         # Never echo it: the back office maps phone numbers to pseudonymous subject ids.
         raise ValueError("a phone number is not a subject id; send the mapped subject id")
-    if not _SUBJECT.fullmatch(subject):
-        raise ValueError("subject id must be 1-64 of [A-Za-z0-9_.-]")
+    if not is_valid_id(subject):
+        raise ValueError(f"subject id must be {ID_RULE}")
     amount: float | None = None
     if len(parts) >= 2:
         try:

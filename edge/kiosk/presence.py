@@ -7,10 +7,11 @@ clock (Unix s) because the interval spans reboots.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from edge.trust.private_db import open_private_db
 
 DAY_S = 86_400.0
 _SCHEMA = """
@@ -27,9 +28,8 @@ class PresenceStore:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # A tenant's movement history: private like every state file.
+        self._db = open_private_db(path, timeout_s=10.0)
         self._db.execute(_SCHEMA)
 
     def register(self, subjects: Iterable[str]) -> None:

@@ -1,4 +1,4 @@
-"""Blink liveness: eye aspect ratio, an adaptive blink detector and the challenge window.
+"""An adaptive blink detector on the eye aspect ratio, working on frame timestamps.
 
 The detector works on frame *timestamps*, never on frame counts, so the same thresholds hold at
 10 fps and at 60 fps. The open-eye level is learnt per session (a robust running percentile of
@@ -8,20 +8,13 @@ aspect ratio far more than a fixed threshold tolerates.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge.config import LivenessConfig
-
-# MediaPipe FaceMesh indices, in the 6-point EAR order p1..p6: p1/p4 the eye corners, p2/p6 and
-# p3/p5 upper/lower lid pairs. "Right" is the subject's right eye (image left).
-RIGHT_EYE = (33, 160, 158, 133, 153, 144)
-LEFT_EYE = (362, 385, 387, 263, 373, 380)
 
 # Baseline: the open level is this percentile of open-eye values seen in the last window; high
 # enough to ignore half-closed frames around a blink, low enough to ignore a single outlier.
@@ -46,19 +39,6 @@ REOPEN_RECOVERY = 0.5
 # The lowest EAR of a blink is at most this share of the level the eyes reopen to within POST_S.
 POST_DEPTH = 0.80
 POST_S = 0.15
-
-
-def eye_aspect_ratio(points: NDArray[np.float32], eye: tuple[int, ...]) -> float:
-    """EAR of one eye from (468, 2+) landmark points: lid opening over corner distance."""
-    p = np.asarray(points, dtype=np.float64)[list(eye), :2]
-    vertical = float(np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4]))
-    horizontal = float(np.linalg.norm(p[0] - p[3]))
-    return vertical / (2.0 * horizontal) if horizontal > 1e-6 else 0.0
-
-
-def eye_openness(points: NDArray[np.float32]) -> float:
-    """Mean EAR of both eyes from (468, 2+) FaceMesh points (a blink closes both)."""
-    return 0.5 * (eye_aspect_ratio(points, RIGHT_EYE) + eye_aspect_ratio(points, LEFT_EYE))
 
 
 @dataclass(frozen=True)
@@ -239,171 +219,3 @@ def detect_blinks(
         if blink is not None:
             out.append(blink)
     return out
-
-
-@dataclass(frozen=True)
-class Challenge:
-    """The "blink now" prompt: shown at `prompt_t`; blinks starting in the window count."""
-
-    prompt_t: float
-    window_end_t: float
-    blinks_required: int
-
-    def counts(self, blink: Blink) -> bool:
-        """True when the blink started inside the response window (after the prompt)."""
-        return self.prompt_t <= blink.start_t <= self.window_end_t
-
-    @property
-    def text(self) -> str:
-        return "blink now" if self.blinks_required == 1 else f"blink {self.blinks_required} times"
-
-
-def schedule_challenge(acquired_t: float, cfg: LivenessConfig, rng: random.Random) -> Challenge:
-    """Place the prompt a random delay after acquisition, so a recording cannot anticipate it."""
-    delay = rng.uniform(cfg.prompt_delay_min_s, cfg.prompt_delay_max_s)
-    return challenge_at(acquired_t + delay, cfg)
-
-
-def challenge_at(prompt_t: float, cfg: LivenessConfig) -> Challenge:
-    """A challenge whose prompt is shown at `prompt_t` (s)."""
-    return Challenge(prompt_t, prompt_t + cfg.response_window_s, cfg.blinks_required)
-
-
-def interocular_px(points: NDArray[np.float32]) -> float:
-    """Distance between the two eye centres in pixels, from (468, 2+) points."""
-    p = np.asarray(points, dtype=np.float64)[:, :2]
-    return float(np.linalg.norm(p[list(RIGHT_EYE)].mean(0) - p[list(LEFT_EYE)].mean(0)))
-
-
-def nonrigid_motion(before: NDArray[np.float32], after: NDArray[np.float32]) -> float:
-    """Landmark motion a 2-D similarity transform cannot explain, in px at 100 px interocular.
-
-    A photo moved by hand (shift, rotation, scale) moves every landmark by one similarity
-    transform, so the residual stays at the landmark model's noise floor; a live face also
-    moves its lids, lips and (turning in 3-D) its parallax, which no similarity explains.
-    The fit is the closed-form complex least squares z' = a z + b (a = scale * rotation).
-    """
-    a = np.asarray(before, dtype=np.float64)[:, :2]
-    b = np.asarray(after, dtype=np.float64)[:, :2]
-    za = (a[:, 0] - a[:, 0].mean()) + 1j * (a[:, 1] - a[:, 1].mean())
-    zb = (b[:, 0] - b[:, 0].mean()) + 1j * (b[:, 1] - b[:, 1].mean())
-    denom = float(np.vdot(za, za).real)
-    if denom <= 1e-9:
-        return 0.0
-    scale_rot = np.vdot(za, zb) / denom
-    residual = zb - scale_rot * za
-    rms = float(np.sqrt(np.mean(np.abs(residual) ** 2)))
-    iod = interocular_px(after)
-    return 100.0 * rms / iod if iod > 1e-6 else 0.0
-
-
-class MotionMonitor:
-    """Flags a presentation whose landmarks show no non-rigid motion for `window_s` seconds.
-
-    Each frame is compared with an anchor frame; any frame moving more than `threshold` (see
-    `nonrigid_motion`) re-anchors. Static = the anchor has held for the whole window. Comparing
-    against an anchor (not the previous frame) lets slow live motion accumulate, so the rule does
-    not depend on the frame rate, while a photo's landmark noise does not accumulate.
-    """
-
-    def __init__(self, window_s: float, threshold: float) -> None:
-        self.window_s = window_s
-        self.threshold = threshold
-        self._anchor: tuple[float, NDArray[np.float32]] | None = None
-        self.last_motion = 0.0
-
-    def reset(self) -> None:
-        self._anchor = None
-
-    def update(self, t: float, points: NDArray[np.float32]) -> None:
-        """Feed the landmarks of the frame at `t` (s)."""
-        if self._anchor is None:
-            self._anchor = (t, points)
-            return
-        self.last_motion = nonrigid_motion(self._anchor[1], points)
-        if self.last_motion > self.threshold:
-            self._anchor = (t, points)
-
-    def static_since(self, t: float) -> float:
-        """Seconds for which the presentation has been static at time `t` (0 when unknown)."""
-        return 0.0 if self._anchor is None else t - self._anchor[0]
-
-    def is_static(self, t: float) -> bool:
-        return self._anchor is not None and t - self._anchor[0] >= self.window_s
-
-
-# Track continuity: a face may go undetected this long (blur, a detector miss) without the
-# session assuming someone else stepped in; longer and the track is lost.
-MAX_GAP_S = 0.25
-# Largest plausible change of box size between two frames of one track (a factor).
-MAX_SCALE_STEP = 1.3
-
-
-class FaceBoxLike(Protocol):
-    """Anything with box corners in pixels (edge.vision.types.FaceBox)."""
-
-    @property
-    def x1(self) -> float: ...
-    @property
-    def y1(self) -> float: ...
-    @property
-    def x2(self) -> float: ...
-    @property
-    def y2(self) -> float: ...
-
-
-class ContinuityMonitor:
-    """One face track from acquisition to decision; a swap or a second face fails closed.
-
-    `update` returns the tracked box for the frame (None when missing) and, on a violation,
-    the reason `face_changed`.
-    """
-
-    def __init__(self, min_iou: float, min_face_px: float) -> None:
-        self.min_iou = min_iou
-        self.min_face_px = min_face_px
-        self._last: tuple[float, FaceBoxLike] | None = None
-
-    def update(
-        self, t: float, boxes: list[FaceBoxLike]
-    ) -> tuple[int | None, str | None]:
-        """Index into `boxes` of the tracked face (or None) and a violation reason (or None)."""
-        big = [i for i, b in enumerate(boxes) if _size(b) >= self.min_face_px]
-        if self._last is None:
-            if not boxes:
-                return None, None
-            first = max(range(len(boxes)), key=lambda i: _size(boxes[i]))
-            self._last = (t, boxes[first])
-            if len([i for i in big if i != first]) > 0:
-                return first, "face_changed"
-            return first, None
-        last_t, last_box = self._last
-        if not boxes:
-            return None, ("face_changed" if t - last_t > MAX_GAP_S else None)
-        if t - last_t > MAX_GAP_S:
-            return None, "face_changed"
-        best = max(range(len(boxes)), key=lambda i: _iou(boxes[i], last_box))
-        box = boxes[best]
-        self._last = (t, box)
-        if any(i != best for i in big):
-            return best, "face_changed"
-        if _iou(box, last_box) < self.min_iou:
-            return best, "face_changed"
-        step = _size(box) / max(_size(last_box), 1e-6)
-        if step > MAX_SCALE_STEP or step < 1.0 / MAX_SCALE_STEP:
-            return best, "face_changed"
-        return best, None
-
-
-
-
-def _size(b: FaceBoxLike) -> float:
-    return max(b.x2 - b.x1, b.y2 - b.y1)
-
-
-def _iou(a: FaceBoxLike, b: FaceBoxLike) -> float:
-    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = ix * iy
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from edge.config import MqttConfig
 from edge.errors import FacegateError
-from edge.transport.mqtt import MqttLink, parse_broker_url
+from edge.transport.broker_url import BrokerUrl
+from edge.transport.mqtt import MqttLink
 from edge.transport.outbox import OUTBOX_FILE, Outbox
 from edge.trust.events import EventFactory
 from edge.trust.keys import DeviceKeys, init_keys, keys_dir, load_keys, public_keys
@@ -74,12 +75,12 @@ def _burst(a: argparse.Namespace) -> int:
     state.mkdir(parents=True, exist_ok=True)
     keys = _keys(state, a.device)
     print(json.dumps(public_keys(keys)), flush=True)
-    host, port, tls = parse_broker_url(a.broker)
+    broker = BrokerUrl.parse(a.broker)
     mcfg = dataclasses.replace(
         MqttConfig(),
-        host=host,
-        port=port,
-        tls=tls,
+        host=broker.host,
+        port=broker.port,
+        tls=broker.tls,
         ca_file=a.ca_file or "",
         cert_file=a.cert_file or "",
         key_file=a.key_file or "",
@@ -127,12 +128,12 @@ def _bench(a: argparse.Namespace) -> int:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    host, port, tls = parse_broker_url(a.broker)
+    broker = BrokerUrl.parse(a.broker)
     mcfg = dataclasses.replace(
         MqttConfig(),
-        host=host,
-        port=port,
-        tls=tls,
+        host=broker.host,
+        port=broker.port,
+        tls=broker.tls,
         ca_file=a.ca_file or "",
         max_inflight=a.max_inflight,
     )

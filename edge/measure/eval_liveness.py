@@ -22,7 +22,8 @@ from numpy.typing import NDArray
 
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.liveness.blink import Blink, detect_blinks, eye_openness
+from edge.liveness.blink import Blink, detect_blinks
+from edge.liveness.eye import eye_openness
 from edge.measure.liveness_data import LIVE_KINDS as LIVE_KINDS
 from edge.measure.liveness_data import Annotation as Annotation
 from edge.measure.liveness_data import AttackEntry as AttackEntry

@@ -20,6 +20,7 @@ from types import TracebackType
 
 from edge.config import SessionConfig
 from edge.errors import FacegateError
+from edge.trust.private_db import open_private_db
 
 DB_NAME = "lockout.sqlite"
 
@@ -45,13 +46,8 @@ class LockoutStore:
         self._clock = clock
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Private from the start (SQLite gives its -wal/-shm files the database's mode):
-            # the salt that keys the claim hashes must not be readable by other users.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            os.chmod(path, 0o600)
-            self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # Private: the salt that keys the claim hashes must not be readable by other users.
+            self._db = open_private_db(path, timeout_s=10.0)
             self._db.executescript(_SCHEMA)
             self._salt = self._load_salt()
         except (sqlite3.DatabaseError, OSError) as exc:

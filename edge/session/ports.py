@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.liveness.blink import FaceBoxLike
+from edge.vision.geometry import BoxLike
 
 
 class LandmarksLike(Protocol):
@@ -23,7 +23,7 @@ class ObservationLike(Protocol):
     """One face in a frame (edge.vision.pipeline.FaceObservation)."""
 
     @property
-    def box(self) -> FaceBoxLike: ...
+    def box(self) -> BoxLike: ...
     @property
     def landmarks(self) -> LandmarksLike | None: ...
 

@@ -20,20 +20,16 @@ from numpy.typing import NDArray
 
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.liveness.blink import (
-    BlinkDetector,
-    Challenge,
-    ContinuityMonitor,
-    FaceBoxLike,
-    MotionMonitor,
-    challenge_at,
-    eye_openness,
-    schedule_challenge,
-)
+from edge.liveness.blink import BlinkDetector
+from edge.liveness.challenge import Challenge, challenge_at, schedule_challenge
+from edge.liveness.continuity import ContinuityMonitor
+from edge.liveness.eye import eye_openness
+from edge.liveness.motion import MotionMonitor
 from edge.session.decision import Decision as Decision
 from edge.session.decision import challenge_required as challenge_required
 from edge.session.lockout import LockoutStore
 from edge.session.ports import LandmarksLike, ObservationLike, QualityLike
+from edge.vision.geometry import box_size
 
 Embedding = NDArray[np.float32]
 
@@ -206,7 +202,7 @@ class VerificationSession:
             self._seen_face = True
         if not with_marks:
             return None
-        obs = max(with_marks, key=lambda o: _size(o.box))
+        obs = max(with_marks, key=lambda o: box_size(o.box))
         quality = self.vision.quality(frame, obs)
         if not quality.ok:
             self._quality_reason = quality.reasons[0] if quality.reasons else "quality:unknown"
@@ -362,10 +358,6 @@ class VerificationSession:
             lockout_s=lock_s,
         )
         return self.decision
-
-
-def _size(box: FaceBoxLike) -> float:
-    return max(box.x2 - box.x1, box.y2 - box.y1)
 
 
 def _mean_unit(vectors: list[Embedding]) -> NDArray[np.float64]:

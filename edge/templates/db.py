@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge.errors import TemplateError
+from edge.trust.private_db import open_private_db
 
 DB_NAME = "templates.db"
 SCHEMA_VERSION = "1"
@@ -46,15 +47,10 @@ class TemplateDB:
         self.path = Path(path)
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Created 0600 before SQLite touches it; SQLite gives -wal/-shm the same mode.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         with self.guard(None):
-            self.conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            self.conn = open_private_db(
+                self.path, timeout_s=busy_timeout_s, check_same_thread=False, secure_delete=True
             )
-            self.conn.execute("PRAGMA secure_delete = ON")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.executescript(SCHEMA)
 
     @contextmanager

@@ -26,12 +26,10 @@ from numpy.typing import NDArray
 from edge.camera.base import Frame
 from edge.config import Config
 from edge.errors import FacegateError
-from edge.liveness.blink import (
-    BlinkDetector,
-    ContinuityMonitor,
-    MotionMonitor,
-    eye_openness,
-)
+from edge.liveness.blink import BlinkDetector
+from edge.liveness.continuity import ContinuityMonitor
+from edge.liveness.eye import eye_openness
+from edge.liveness.motion import MotionMonitor
 from edge.session.ports import LandmarksLike, ObservationLike, QualityLike
 from edge.templates.store import TemplateInfo, TemplateStore
 

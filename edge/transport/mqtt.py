@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,17 +33,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import Config, MqttConfig
-from edge.errors import ConfigError
-from edge.transport.downlink import (
-    DOWNLINK_FILE,
-    Command,
-    CommandError,
-    ReplayGuard,
-    parse_public_key,
-    verify_command,
-)
+from edge.transport.downlink import DOWNLINK_FILE, ReplayGuard
 from edge.transport.outbox import Outbox
-from edge.trust.events import EventError, EventFactory, cmd_topic, status_topic
+from edge.transport.topics import cmd_topic, status_topic
+from edge.trust.commands import Command, CommandError, verify_command
+from edge.trust.event_schema import EventError
+from edge.trust.events import EventFactory
+from edge.trust.keys import parse_backend_public_key
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 86_400  # the broker keeps our cmd subscription (and queued commands) a day
@@ -54,15 +49,6 @@ FAILED_RETRY_S = 5.0  # a PUBACK with a failure code: try that event again after
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the back-off
 POLL_S = 0.5  # look for rows enqueued by other processes at least this often
 CommandHandler = Callable[[Command], None]
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """`mqtt://host:port` or `mqtts://host:port` -> (host, port, tls)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError([f"broker URL {url!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT"])
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 class Backoff:
@@ -113,7 +99,7 @@ class MqttLink:
         self.cfg, self.device_id, self.site, self.outbox = cfg, device_id, site, outbox
         self._factory, self._handlers, self._guard = factory, dict(handlers or {}), guard
         self._backend_key = (
-            parse_public_key(cfg.backend_public_key) if cfg.backend_public_key else None
+            parse_backend_public_key(cfg.backend_public_key) if cfg.backend_public_key else None
         )
         self._announce, self._persistent = announce_status, persistent_session
         self._last_poll = 0.0

@@ -26,7 +26,6 @@ locking serialises them.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -36,7 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
-from edge.trust.events import PAYMENT_TYPES, EventFactory, SignedEvent, next_seq_in
+from edge.transport.seq import next_seq_in
+from edge.transport.topics import topic_for
+from edge.trust.event_schema import PAYMENT_TYPES
+from edge.trust.events import EventFactory, SignedEvent
+from edge.trust.private_db import open_private_db
 
 OUTBOX_FILE = "outbox.db"
 _SCHEMA = """
@@ -84,16 +87,16 @@ class Outbox:
         # Where a device's counter starts when this file has none yet (module doc).
         self._seq_start = seq_start if seq_start is not None else max(1, int(clock() * 1_000_000))
         self._lock = threading.RLock()
-        # Events name pseudonymous subjects and amounts: owner-only, like the rest of the state
-        # (SQLite gives the -wal/-shm files the main file's mode).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # Events name pseudonymous subjects and amounts: owner-only, like the rest of the state.
         # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT below.
-        self._db = sqlite3.connect(
-            str(path), isolation_level=None, timeout=30.0, check_same_thread=False
-        )
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db = open_private_db(path, timeout_s=30.0, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise FacegateError(
+                f"outbox {path} is damaged or unreadable ({exc}); move it aside (keep it: it "
+                f"may hold unsent events) and restart"
+            ) from None
+        try:
             with self._tx() as db:
                 # (executescript would COMMIT on its own, outside this transaction)
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
@@ -199,7 +202,7 @@ class Outbox:
             (
                 event.key,
                 event.type,
-                event.topic,
+                topic_for(event.event),
                 event.payload,
                 int(event.type in PAYMENT_TYPES),
                 self._clock(),

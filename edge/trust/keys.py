@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -203,3 +203,31 @@ def public_keys(keys: DeviceKeys) -> dict[str, str]:
         "signing_public": keys.signing_key.public_key().public_bytes(*raw).hex(),
         "sealing_public": keys.sealing_key.public_key().public_bytes(*raw).hex(),
     }
+
+
+def parse_ed25519_public(text: str, what: str, fix: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from 64 hex characters; KeyStoreError naming `what` and `fix`.
+
+    The one parser for every public key the project reads: the backend key in config, a device
+    key in the backend's registry.
+    """
+    raw_text = text.strip() if isinstance(text, str) else ""
+    try:
+        raw = bytes.fromhex(raw_text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32 or len(raw_text) != 64:
+        raise KeyStoreError(
+            f"{what} must be 64 hex characters (an Ed25519 public key), got "
+            f"{len(raw_text)} characters; {fix}"
+        )
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def parse_backend_public_key(hex_key: str) -> Ed25519PublicKey:
+    """The backend's public key from config (`mqtt.backend_public_key`)."""
+    return parse_ed25519_public(
+        hex_key,
+        "mqtt.backend_public_key",
+        "set it to the backend's public key (backend-signing.pub)",
+    )

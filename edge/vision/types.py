@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from edge.vision.geometry import box_iou, box_size
+
 Embedding = NDArray[np.float32]
 """(128,) float32, L2-normalised identity vector."""
 
@@ -37,15 +39,11 @@ class FaceBox:
     @property
     def size_px(self) -> float:
         """Longer side of the box in pixels."""
-        return max(self.width, self.height)
+        return box_size(self)
 
     def iou(self, other: FaceBox) -> float:
         """Intersection over union of the two boxes."""
-        ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
-        iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
-        inter = ix * iy
-        union = self.width * self.height + other.width * other.height - inter
-        return inter / union if union > 0 else 0.0
+        return box_iou(self, other)
 
 
 @dataclass(frozen=True)
