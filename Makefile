@@ -24,6 +24,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check edge tests
 	$(BIN)/mypy --strict edge
+	$(BIN)/lint-imports
 
 bench: setup
 	@mkdir -p out

@@ -27,7 +27,8 @@ from paho.mqtt.properties import Properties
 
 from edge.backend.commands import sign_command
 from edge.config import Config, DeviceConfig, MqttConfig
-from edge.transport.mqtt import Backoff, MqttLink, link_for_kiosk
+from edge.kiosk.uplink import link_for_kiosk
+from edge.transport.mqtt import Backoff, MqttLink
 from edge.transport.outbox import Outbox
 from edge.transport.topics import cmd_topic, status_topic
 from edge.trust.commands import Command

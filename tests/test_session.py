@@ -19,8 +19,9 @@ from test_liveness import OPEN_EAR, blink_profile, face_points
 
 from edge.camera.base import Frame
 from edge.config import Config
+from edge.session.decision import Decision, challenge_required
 from edge.session.lockout import LockoutStore
-from edge.session.verification import Decision, State, VerificationSession, challenge_required
+from edge.session.verification import State, VerificationSession
 
 FPS = 30.0
 PIXEL = np.zeros((1, 1, 3), dtype=np.uint8)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from edge.camera import open_source
 from edge.config import Config
+from edge.session.decision import Decision
 from edge.session.lockout import LockoutStore
-from edge.session.verification import Decision, Embedding, PipelineVision, VerificationSession
+from edge.session.verification import Embedding, PipelineVision, VerificationSession
 from edge.vision.pipeline import VisionPipeline
 
 

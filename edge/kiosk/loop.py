@@ -33,8 +33,9 @@ from edge.kiosk.debug_capture import DebugCapture
 from edge.kiosk.presence import PresenceStore
 from edge.kiosk.profiles import CLAIM_PROMPTS, event_for
 from edge.kiosk.sdnotify import Notifier
+from edge.session.decision import Decision
 from edge.session.lockout import LockoutStore
-from edge.session.verification import Decision, VerificationSession
+from edge.session.verification import VerificationSession
 from edge.transport.outbox import Outbox
 from edge.trust.events import EventFactory
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from edge.config import Config
 from edge.kiosk.claims import Claim
-from edge.session.verification import Decision
+from edge.session.decision import Decision
 
 CLAIM_PROMPTS = {
     "demo": "Please look at the camera",

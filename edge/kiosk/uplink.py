@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edge.config import Config
 from edge.templates.store import TemplateStore, db_path
-from edge.transport.downlink import standard_handlers
-from edge.transport.mqtt import MqttLink, link_for_kiosk
+from edge.transport.downlink import DOWNLINK_FILE, ReplayGuard, standard_handlers
+from edge.transport.mqtt import CommandHandler, MqttLink
 from edge.transport.outbox import Outbox
+from edge.trust.events import EventFactory
 from edge.trust.keys import DeviceKeys, parse_backend_public_key
 
 
@@ -19,3 +24,21 @@ def start_link(cfg: Config, keys: DeviceKeys, outbox: Outbox) -> MqttLink:
     link = link_for_kiosk(cfg, keys.signing_key, outbox, handlers)
     link.start()
     return link
+
+
+def link_for_kiosk(
+    cfg: Config,
+    signing_key: Ed25519PrivateKey,
+    outbox: Outbox,
+    handlers: Mapping[str, CommandHandler] | None = None,
+) -> MqttLink:
+    """The kiosk's link: status + LWT, audited downlink with the replay guard in the state dir."""
+    return MqttLink(
+        cfg.mqtt,
+        cfg.device.id,
+        cfg.device.site,
+        outbox,
+        factory=EventFactory(cfg.device.id, cfg.device.site, signing_key),
+        handlers=handlers,
+        guard=ReplayGuard(cfg.state_dir / DOWNLINK_FILE),
+    )

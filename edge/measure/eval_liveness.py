@@ -32,8 +32,9 @@ from edge.measure.liveness_data import LivenessData as LivenessData
 from edge.measure.liveness_data import VideoEntry as VideoEntry
 from edge.measure.liveness_data import read_data as read_data
 from edge.measure.liveness_data import score_blinks as score_blinks
+from edge.session.decision import Decision
 from edge.session.ports import QualityLike
-from edge.session.verification import Decision, Embedding, VerificationSession
+from edge.session.verification import Embedding, VerificationSession
 
 PROMPT_BEFORE_BLINK_S = (0.2, 0.6)  # the prompt is placed this long before a live blink
 SESSION_LEAD_S = 1.0  # a live session starts this long before its prompt (acquisition)

@@ -6,11 +6,12 @@ driven in tests by plain objects, and so neither depends on how vision is implem
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from edge.camera.base import Frame
 from edge.vision.geometry import BoxLike
 
 
@@ -33,3 +34,15 @@ class QualityLike(Protocol):
     def ok(self) -> bool: ...
     @property
     def reasons(self) -> tuple[str, ...]: ...
+
+
+class SessionVision(Protocol):
+    """What the session needs from the vision pipeline for the frames it is fed."""
+
+    def quality(self, frame: Frame, obs: Any) -> QualityLike:
+        """Quality gates of one face; reasons like `quality:blur`."""
+        ...
+
+    def embed(self, frame: Frame, landmarks: Any) -> NDArray[np.float32] | None:
+        """(128,) L2-normalised embedding of the face, or None when no embedder is loaded."""
+        ...

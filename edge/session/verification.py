@@ -13,7 +13,7 @@ import enum
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,10 +25,9 @@ from edge.liveness.challenge import Challenge, challenge_at, schedule_challenge
 from edge.liveness.continuity import ContinuityMonitor
 from edge.liveness.eye import eye_openness
 from edge.liveness.motion import MotionMonitor
-from edge.session.decision import Decision as Decision
-from edge.session.decision import challenge_required as challenge_required
+from edge.session.decision import Decision, challenge_required
 from edge.session.lockout import LockoutStore
-from edge.session.ports import LandmarksLike, ObservationLike, QualityLike
+from edge.session.ports import LandmarksLike, ObservationLike, QualityLike, SessionVision
 from edge.vision.geometry import box_size
 
 Embedding = NDArray[np.float32]
@@ -38,18 +37,6 @@ STATIC_WINDOW_S = 2.0
 # Reasons that count as a failed attempt for the lockout. Nobody in view (`no_face`) or a bad
 # frame (`quality:*`) is not an attempt; `locked_out` must not extend its own lock.
 COUNTED_REASONS = frozenset({"no_blink", "static", "face_changed", "mismatch", "timeout"})
-
-
-class SessionVision(Protocol):
-    """What the session needs from the vision pipeline for the frames it is fed."""
-
-    def quality(self, frame: Frame, obs: Any) -> QualityLike:
-        """Quality gates of one face; reasons like `quality:blur`."""
-        ...
-
-    def embed(self, frame: Frame, landmarks: Any) -> Embedding | None:
-        """(128,) L2-normalised embedding of the face, or None when no embedder is loaded."""
-        ...
 
 
 class PipelineVision:

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import Config, MqttConfig
-from edge.transport.downlink import DOWNLINK_FILE, ReplayGuard
+from edge.config import MqttConfig
+from edge.transport.downlink import ReplayGuard
 from edge.transport.outbox import Outbox
 from edge.transport.topics import cmd_topic, status_topic
 from edge.trust.commands import Command, CommandError, verify_command
@@ -336,21 +335,3 @@ class MqttLink:
             )
         except EventError:
             self.outbox.emit(self._factory, "console.audit", action=action, ok=ok)
-
-
-def link_for_kiosk(
-    cfg: Config,
-    signing_key: Ed25519PrivateKey,
-    outbox: Outbox,
-    handlers: Mapping[str, CommandHandler] | None = None,
-) -> MqttLink:
-    """The kiosk's link: status + LWT, audited downlink with the replay guard in the state dir."""
-    return MqttLink(
-        cfg.mqtt,
-        cfg.device.id,
-        cfg.device.site,
-        outbox,
-        factory=EventFactory(cfg.device.id, cfg.device.site, signing_key),
-        handlers=handlers,
-        guard=ReplayGuard(cfg.state_dir / DOWNLINK_FILE),
-    )
