@@ -42,7 +42,7 @@ SHARE_GROUP = "backend"
 EVENT_FILTER = "facegate/v1/+/+/event/#"
 DEFAULT_MAX_BYTES = MAX_EVENT_BYTES
 
-# EventError.reason (edge/events.py) -> rejection reason counted in the ledger.
+# EventError.reason (edge/trust/event_schema.py) -> rejection reason counted in the ledger.
 _REASONS = {
     "too_large": "oversized",
     "json": "malformed_json",
