@@ -60,6 +60,7 @@ def _keys(state_dir: Path, device: str) -> DeviceKeys:
         # A SIGKILL during init_keys left a partial set of the tool's own keys. No event was
         # signed with it (the tool only starts after keys exist), so it may start over.
         shutil.rmtree(kdir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / MARKER).touch(mode=0o600)
     return init_keys(state_dir, device)
 
