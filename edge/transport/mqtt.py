@@ -9,8 +9,8 @@ Reconnects use jittered exponential back-off (`reconnect_min_s` .. `reconnect_ma
 in flight at a disconnect are re-sent by paho on the same client after reconnecting.
 
 Status: `…/status` is retained; the will is "offline", and "online" is published on connect.
-Downlink: `…/cmd` commands are verified (edge/trust/commands.py). Every command, accepted or refused,
-is audited as a signed `console.audit` event (action `cmd.<type>` or `cmd.refused`, ok, detail =
+Downlink: `…/cmd` commands are verified (edge/trust/commands.py). Every command, accepted or
+refused, is audited as a signed `console.audit` event (action `cmd.<type>` or `cmd.refused`, ok, detail =
 reason); refusals are audited at most once per `REFUSAL_AUDIT_EVERY_S` so a flood of junk cannot
 push real events out of the bounded outbox.
 """
