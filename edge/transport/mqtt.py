@@ -10,9 +10,9 @@ in flight at a disconnect are re-sent by paho on the same client after reconnect
 
 Status: `…/status` is retained; the will is "offline", and "online" is published on connect.
 Downlink: `…/cmd` commands are verified (edge/trust/commands.py). Every command, accepted or
-refused, is audited as a signed `console.audit` event (action `cmd.<type>` or `cmd.refused`, ok, detail =
-reason); refusals are audited at most once per `REFUSAL_AUDIT_EVERY_S` so a flood of junk cannot
-push real events out of the bounded outbox.
+refused, is audited as a signed `console.audit` event (action `cmd.<type>` or `cmd.refused`, ok,
+detail = reason); refusals are audited at most once per `REFUSAL_AUDIT_EVERY_S` so a flood of
+junk cannot push real events out of the bounded outbox.
 """
 
 from __future__ import annotations
