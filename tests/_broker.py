@@ -250,9 +250,9 @@ def start_mosquitto(
 ) -> Broker:
     """Start a private mosquitto on a free 127.0.0.1 port; TLS (and mTLS) with a fresh test CA."""
     if not os.path.exists(MOSQUITTO):
-        import pytest
+        from conftest import require_service
 
-        pytest.skip(f"mosquitto binary not found at {MOSQUITTO}: apt-get install mosquitto")
+        require_service("mosquitto", f"no binary at {MOSQUITTO}; apt-get install mosquitto")
     workdir = tmp_path / f"mosquitto-{'tls' if tls else 'plain'}-{time.monotonic_ns()}"
     data = workdir / "data"
     data.mkdir(parents=True)
