@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_service
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.transport.outbox import Outbox, OutboxFullError
+from edge.transport.outbox import Outbox, OutboxError, OutboxFullError
 from edge.trust.event_schema import PAYMENT_TYPES
 from edge.trust.events import EventFactory, verify_event
 
@@ -220,3 +223,127 @@ def test_an_outbox_moved_aside_does_not_restart_seq_at_one(tmp_path: Path) -> No
     # An injected clock decides the start; the start is where a new file's counter begins.
     with Outbox(tmp_path / "other.db", clock=lambda: 1_000.5) as ob:
         assert emit(ob, "door").seq == 1_000_500_000
+
+
+# -- a full disk: SQLite's error becomes one OutboxError, and nothing half-done is left ----------
+
+
+def outbox_on_a_full_disk(path: Path) -> Outbox:
+    """A real outbox whose disk is full: SQLite's page limit on its connection stands in for the
+    filesystem, so inserts fail exactly as on a full SD card ("database or disk is full")."""
+    ob = Outbox(path, seq_start=1)
+    pages = ob._db.execute("PRAGMA page_count").fetchone()[0]
+    ob._db.execute(f"PRAGMA max_page_count = {pages}")
+    filler = EventFactory("filler-1", "site-1", Ed25519PrivateKey.generate())
+    with pytest.raises(OutboxError, match="database or disk is full"):
+        for _ in range(1000):  # until the last free page is used
+            ob.emit(filler, "device.status", status="online")
+    return ob
+
+
+def test_a_full_disk_is_an_outbox_error_naming_the_file_and_burns_no_seq(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with outbox_on_a_full_disk(path) as ob:
+        stored = len(rows(path))
+        with pytest.raises(OutboxError) as err:
+            emit(ob, "pay")
+        message = str(err.value)
+        assert message.startswith("outbox error: cannot store a payment.authorize event in ")
+        assert str(path) in message and "database or disk is full" in message and "df -h" in message
+        assert isinstance(err.value.__cause__, sqlite3.OperationalError)
+        assert len(rows(path)) == stored and not ob._db.in_transaction  # rolled back cleanly
+        ob._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+        assert emit(ob, "pay").seq == 1  # the failed emits used no seq of this device
+        assert [r[1] for r in rows(path)][-1] == "kiosk-1:1"
+
+
+# -- synchronous=FULL, measured: every commit is fsynced before emit returns ------------------
+
+STRACE = shutil.which("strace") or "/usr/bin/strace"
+SYNC_CHILD = r"""
+import os, sqlite3, sys
+from pathlib import Path
+
+mode, path, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+
+def mark(name):  # an openat the trace shows: the commits counted are those between the marks
+    os.close(os.open(f"{path}.{name}", os.O_CREAT | os.O_WRONLY, 0o600))
+
+if mode == "outbox":
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from edge.transport.outbox import Outbox
+    from edge.trust.events import EventFactory
+    ob = Outbox(path)
+    f = EventFactory("kiosk-1", "site-1", Ed25519PrivateKey.generate())
+    mark("begin")
+    for _ in range(n):
+        ob.emit(f, "door.unlock", subject="s", decision="accept", score=0.9,
+                liveness={"blinks": 1, "challenge_ms": 1}, door="main")
+else:  # the control: a plain connection in WAL mode with synchronous=<mode>, one commit per row
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA synchronous={mode}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x BLOB)")
+    mark("begin")
+    for _ in range(n):
+        db.execute("INSERT INTO t VALUES (?)", (os.urandom(300),))
+mark("end")
+os._exit(0)  # no close: closing checkpoints (and syncs) after the commits being counted
+"""
+_SYSCALL = re.compile(r"^(\d+)\s+(openat|close|fsync|fdatasync)\((.*)\)\s+=\s+(-?\d+)")
+
+
+def syncs_per_commit_window(mode: str, path: Path, n: int) -> int:
+    """Run SYNC_CHILD under strace; fsync/fdatasync calls on `path` or its WAL between the
+    child's begin and end marks (its `n` commits)."""
+    if not os.path.exists(STRACE):
+        require_service("strace", f"no binary at {STRACE}; apt-get install strace")
+    trace = path.parent / f"{path.name}.strace"
+    proc = subprocess.run(
+        [STRACE, "-f", "-e", "trace=openat,close,fsync,fdatasync", "-o", str(trace),
+         sys.executable, "-c", SYNC_CHILD, mode, str(path), str(n)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if proc.returncode != 0 and "ptrace" in proc.stderr.lower():
+        require_service("strace", f"cannot trace in this environment: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    targets = {str(path), f"{path}-wal"}
+    fds: dict[tuple[str, int], str] = {}
+    inside, syncs, marks = False, 0, []
+    for line in trace.read_text().splitlines():
+        m = _SYSCALL.match(line)
+        if m is None:
+            continue
+        pid, call, args, ret = m.groups()
+        if call == "openat" and int(ret) >= 0:
+            name = args.split('"')[1] if '"' in args else ""
+            fds[(pid, int(ret))] = name
+            if name in (f"{path}.begin", f"{path}.end"):
+                inside = name.endswith(".begin")
+                marks.append(name)
+        elif call == "close":
+            fds.pop((pid, int(args)), None)
+        elif inside and fds.get((pid, int(args))) in targets:
+            syncs += 1
+    assert len(marks) == 2, f"the child's marks are missing from the trace: {marks}"
+    return syncs
+
+
+def test_every_emit_is_synced_to_disk_before_it_returns(tmp_path: Path) -> None:
+    n = 25
+    assert syncs_per_commit_window("outbox", tmp_path / "outbox.db", n) >= n
+
+
+@pytest.mark.parametrize("mode", ["OFF", "NORMAL"])
+def test_the_sync_count_tells_a_weaker_synchronous_setting_apart(tmp_path: Path, mode: str) -> None:
+    """The control: the same harness on a plain WAL connection without synchronous=FULL sees
+    (almost) no syncs for as many commits, so the test above would catch such a setting."""
+    n = 25
+    syncs = syncs_per_commit_window(mode, tmp_path / "plain.db", n)
+    assert syncs == 0 if mode == "OFF" else syncs < n // 2
+
+
+def test_the_outbox_connection_is_wal_with_synchronous_full(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.db") as ob:
+        assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert ob._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -36,7 +36,7 @@ from edge.kiosk.sdnotify import Notifier
 from edge.session.decision import Decision
 from edge.session.lockout import LockoutStore
 from edge.session.verification import VerificationSession
-from edge.transport.outbox import Outbox
+from edge.transport.outbox import Outbox, OutboxError, OutboxFullError
 from edge.trust.events import EventFactory
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,9 @@ class Kiosk:
             return True  # no event pipeline configured (camera-only run)
         try:
             event = self.outbox.emit(self.factory, type_, **fields)
-        except (FacegateError, OSError) as exc:
+        except (OutboxError, OutboxFullError, FacegateError, OSError) as exc:
+            # OutboxError: SQLite could not store it (disk full, I/O error, read-only card);
+            # OutboxFullError: only unsent payments left. No stored event, no door, no payment.
             log.error("event %s not stored: %s", type_, exc)
             return False
         stats.events.append(f"{type_}:{event.seq}")

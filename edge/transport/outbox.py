@@ -20,12 +20,16 @@ Guarantees (each is a test in tests/test_outbox.py):
   raises OutboxFullError and the kiosk must refuse the payment (a non-face alternative exists).
   The first drop after the outbox was last below 90 % also queues a `device.status` event with
   status `outbox_full`, and `status()["full"]` is true while the outbox is at its bound.
+- `emit` commits or raises: a SQLite failure (disk full, I/O error, read-only filesystem) is an
+  OutboxError naming the file, raised after a clean rollback (no row stored, no seq used), and
+  the kiosk fails closed on it.
 Several processes may open the same file (the kiosk and `facegate outbox drain`); SQLite's
 locking serialises them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -63,6 +67,12 @@ class OutboxFullError(FacegateError):
     """The outbox holds only unsent payment events and is at its bound."""
 
     prefix = "outbox full"
+
+
+class OutboxError(FacegateError):
+    """SQLite could not store an event (disk full, I/O error, read-only filesystem)."""
+
+    prefix = "outbox error"
 
 
 @dataclass(frozen=True)
@@ -134,10 +144,26 @@ class Outbox:
             return self._o._db
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            db = self._o._db
             try:
-                self._o._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is None:
+                    try:
+                        db.execute("COMMIT")
+                    except sqlite3.Error:
+                        self._rollback(db)  # a failed COMMIT may leave the transaction open
+                        raise
+                else:
+                    self._rollback(db)
             finally:
                 self._o._lock.release()
+
+        @staticmethod
+        def _rollback(db: sqlite3.Connection) -> None:
+            # SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR); a second
+            # ROLLBACK would then fail and hide the error that says what went wrong.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
 
     def _tx(self) -> Outbox._Tx:
         return Outbox._Tx(self)
@@ -160,25 +186,42 @@ class Outbox:
             return next_seq_in(db, device, self._seq_start)
 
     def emit(self, factory: EventFactory, type: str, **fields: Any) -> SignedEvent:
-        """Build, sign and durably enqueue an event; seq and row commit together (module doc)."""
+        """Build, sign and durably enqueue an event; seq and row commit together (module doc).
+
+        Raises OutboxError when SQLite cannot store it (nothing stored, no seq used): the
+        caller must act as if no event exists, i.e. fail closed."""
         factory.validate_fields(type, fields)  # a bad event fails here, before any seq is used
-        with self._tx() as db:
-            seq = next_seq_in(db, factory.device_id, self._seq_start)
-            event = factory.build(type, seq, **fields)
-            dropped = self._insert(db, event)
-            if dropped and not self._counter(db, "full_reported"):
-                self._report_full(db, factory)
+        try:
+            with self._tx() as db:
+                seq = next_seq_in(db, factory.device_id, self._seq_start)
+                event = factory.build(type, seq, **fields)
+                dropped = self._insert(db, event)
+                if dropped and not self._counter(db, "full_reported"):
+                    self._report_full(db, factory)
+        except sqlite3.Error as exc:
+            raise self._store_error(type, exc) from exc
         self._notify()
         return event
 
     def enqueue(self, event: SignedEvent) -> bool:
-        """Store an event built elsewhere (seq already persisted); False if its key is queued."""
-        with self._tx() as db:
-            exists = db.execute("SELECT 1 FROM outbox WHERE key = ?", (event.key,)).fetchone()
-            if not exists:
-                self._insert(db, event)
+        """Store an event built elsewhere (seq already persisted); False if its key is queued.
+
+        Raises OutboxError when SQLite cannot store it."""
+        try:
+            with self._tx() as db:
+                exists = db.execute("SELECT 1 FROM outbox WHERE key = ?", (event.key,)).fetchone()
+                if not exists:
+                    self._insert(db, event)
+        except sqlite3.Error as exc:
+            raise self._store_error(event.type, exc) from exc
         self._notify()
         return not exists
+
+    def _store_error(self, type_: str, exc: sqlite3.Error) -> OutboxError:
+        return OutboxError(
+            f"cannot store a {type_} event in {self.path} ({exc}); free space on that "
+            "filesystem or check it for I/O errors (df -h, dmesg), then restart the kiosk"
+        )
 
     def _insert(self, db: sqlite3.Connection, event: SignedEvent) -> bool:
         """Insert with the bound policy; True if an older event was dropped to make room."""
