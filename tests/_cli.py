@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PORTRAIT = "liveness/videos/blink_portrait_24fps.mp4"
 DEVICE = "kiosk-acc-0001"
 
 

@@ -230,24 +230,20 @@ def _facegate(env: dict[str, str], *args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def enrolled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Any]:
-    """A device with `alice` enrolled from a live blinking video through `facegate enroll`."""
-    import importlib.util
+def enrolled(
+    tmp_path_factory: pytest.TempPathFactory, portrait_enrol: Path
+) -> tuple[dict[str, str], Any]:
+    """A device with `alice` enrolled through `facegate enroll` from the second half of a live
+    blinking video; every later command sees only the first half (`portrait_verify`)."""
     import json
     import os
 
-    video = require_data("liveness/videos/blink_portrait_24fps.mp4")
-    if (
-        importlib.util.find_spec("edge.vision.embed") is None
-        or not (CFG.models_dir / "face_embedding_int8.tflite").exists()
-    ):
-        pytest.skip("the embedder (edge/vision/embed.py and its model) has not landed yet")
     state = tmp_path_factory.mktemp("state")
     env = {**os.environ, "FACEGATE_STATE_DIR": str(state)}
     for var in ("FACEGATE_CONFIG", "CREDENTIALS_DIRECTORY"):
         env.pop(var, None)
     assert _facegate(env, "keys", "init").returncode == 0
-    r = _facegate(env, "enroll", "alice", "--source", f"file:{video}", "--frames", "5")
+    r = _facegate(env, "enroll", "alice", "--source", f"file:{portrait_enrol}", "--frames", "5")
     assert r.returncode == 0, r.stderr
     return env, json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -263,12 +259,11 @@ def test_enrol_from_a_live_blinking_video_stores_one_encrypted_template(
 
 
 def test_same_face_under_another_subject_is_refused_naming_the_first(
-    enrolled: tuple[dict[str, str], Any],
+    enrolled: tuple[dict[str, str], Any], portrait_verify: Path
 ) -> None:
-
     env, _ = enrolled
-    video = require_data("liveness/videos/blink_portrait_24fps.mp4")
-    r = _facegate(env, "enroll", "bob", "--source", f"file:{video}", "--frames", "5")
+    # Other frames of the same man (not those alice was enrolled from): still a duplicate.
+    r = _facegate(env, "enroll", "bob", "--source", f"file:{portrait_verify}", "--frames", "5")
     assert r.returncode == 1
     assert "already matches subject 'alice'" in r.stderr
     listed = _facegate(env, "templates", "list").stdout
@@ -286,7 +281,6 @@ def test_same_face_under_another_subject_is_refused_naming_the_first(
 def test_presentations_without_liveness_are_not_enrolled(
     enrolled: tuple[dict[str, str], Any], relpath: str, reason: str
 ) -> None:
-
     env, _ = enrolled
     r = _facegate(env, "enroll", "mallory", "--source", f"file:{require_data(relpath)}")
     assert r.returncode == 1 and reason in r.stderr, r.stderr
@@ -294,18 +288,15 @@ def test_presentations_without_liveness_are_not_enrolled(
 
 
 def test_verify_reads_the_encrypted_store_and_refuses_after_revocation(
-    enrolled: tuple[dict[str, str], Any], tmp_path: Path
+    enrolled: tuple[dict[str, str], Any], tmp_path: Path, portrait_verify: Path
 ) -> None:
-    import importlib.util
     import shutil
 
-    if importlib.util.find_spec("edge.commands.verify") is None:
-        pytest.skip("edge/commands/verify.py has not landed yet")
     env, _ = enrolled
     state = tmp_path / "state"  # a copy, so the revocation does not leak into other tests
     shutil.copytree(env["FACEGATE_STATE_DIR"], state)
     env = {**env, "FACEGATE_STATE_DIR": str(state)}
-    video = f"file:{require_data('liveness/videos/blink_portrait_24fps.mp4')}"
+    video = f"file:{portrait_verify}"
     r = _facegate(env, "verify", "alice", "--source", video, "--seed", "1", "--json")
     assert r.returncode == 0, r.stderr
     assert '"decision": "accept"' in r.stdout

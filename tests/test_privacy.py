@@ -3,7 +3,8 @@
 One module-scoped run through the real command line (temp state dir, temp config, TMPDIR
 redirected, every command at --verbose): `keys init`, `keys public`, `enroll`, `verify --json`,
 `run --claim` (a payment), `run --claims-from` (a keypad line holding a phone number),
-`templates list`, `outbox status`, `outbox drain` (to a private Mosquitto). Then, with the
+`templates list`, `outbox status`, `outbox drain` (to a private Mosquitto); enrolment reads
+one half of the video, every session the other. Then, with the
 same vision pipeline in this process, the plaintext template is recomputed and the checks are:
 - no face image (by magic bytes, not suffix) and no raw frame pixels anywhere we can look;
 - the plaintext embedding is in no file; no key, template or phone number in any log line;
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 import pytest
 from _broker import start_mosquitto
-from _cli import DEVICE, PORTRAIT, REPO, cli_env, facegate, write_config
-from conftest import require_data
+from _cli import DEVICE, REPO, cli_env, facegate, write_config
+from conftest import wait_until
 
 SUBJECT = "s-priv-1001"
 PHONE = "13812345678"
@@ -42,7 +43,8 @@ class KioskRun:
     state: Path
     tmpdir: Path
     claims_file: Path
-    video: Path
+    enrol_video: Path  # enrolment's frames ...
+    video: Path  # ... and every session's: never the same frames
     started: float
     porcelain_before: set[str]
     procs: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
@@ -59,8 +61,9 @@ def _porcelain() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def kiosk_run(tmp_path_factory: pytest.TempPathFactory) -> KioskRun:
-    video = require_data(PORTRAIT)
+def kiosk_run(
+    tmp_path_factory: pytest.TempPathFactory, portrait_enrol: Path, portrait_verify: Path
+) -> KioskRun:
     root = tmp_path_factory.mktemp("privacy")
     state = root / "state"
     cfg = write_config(root / "kiosk.toml", state)
@@ -72,12 +75,13 @@ def kiosk_run(tmp_path_factory: pytest.TempPathFactory) -> KioskRun:
     env = cli_env(cfg, root / "tmp")
     claims = root / "keypad-lines.txt"
     claims.write_text(f"{PHONE}\n")  # what a customer types on the bakery keypad
-    run = KioskRun(root, state, root / "tmp", claims, video, time.time(), _porcelain())
-    src = f"file:{video}"
+    run = KioskRun(root, state, root / "tmp", claims, portrait_enrol, portrait_verify,
+                   time.time(), _porcelain())  # fmt: skip
+    src = f"file:{portrait_verify}"
     steps = {
         "keys-init": ["keys", "init"],
         "keys-public": ["keys", "public"],
-        "enroll": ["enroll", SUBJECT, "--source", src],
+        "enroll": ["enroll", SUBJECT, "--source", f"file:{portrait_enrol}"],
         "verify": ["verify", SUBJECT, "--source", src, "--json", "--seed", "5"],
         "run-claim": ["run", "--claim", f"{SUBJECT} 42.00 pos-7", "--source", src],
         "run-keypad": ["run", "--claims-from", str(claims), "--source", src,
@@ -120,9 +124,7 @@ def _drain_to_subscriber(env: dict[str, str], host: str, port: int, run: KioskRu
         proc = facegate(env, "-v", "outbox", "drain", "--timeout", "20")
         assert proc.returncode == 0, proc.stderr[-2000:]
         run.procs["outbox-drain"] = proc
-        deadline = time.monotonic() + 10
-        while len(got) < len(run.events) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(got) >= len(run.events), 10, "the drained events at the subscriber")
     finally:
         sub.loop_stop()
         sub.disconnect()
@@ -143,7 +145,7 @@ def plaintext(kiosk_run: KioskRun) -> dict[str, np.ndarray]:
     pipeline = VisionPipeline.from_config(cfg, with_embedder=True)
     n = cfg.templates.enroll_frames
     capture = EnrolmentCapture(cfg, pipeline, n)
-    with open_source(f"file:{kiosk_run.video}", cfg.camera, realtime=False) as source:
+    with open_source(f"file:{kiosk_run.enrol_video}", cfg.camera, realtime=False) as source:
         for frame in source:
             if capture.step(frame, pipeline.observe(frame)):
                 break
@@ -264,7 +266,7 @@ def _pixel_needles(video: Path) -> tuple[list[bytes], np.ndarray]:
     needles, first = [], None
     cap = cv2.VideoCapture(str(video))
     try:
-        for _ in range(15):  # the frames enrolment sampled from
+        for _ in range(15):  # the frames the enrolment or the session looked at first
             ok, bgr = cap.read()
             assert ok
             first = bgr if first is None else first
@@ -303,7 +305,7 @@ def test_the_scanners_would_find_an_image_or_a_raw_frame(
 
 
 def test_no_raw_frame_pixels_are_written_anywhere_under_the_run(kiosk_run: KioskRun) -> None:
-    needles, _ = _pixel_needles(kiosk_run.video)
+    needles = _pixel_needles(kiosk_run.enrol_video)[0] + _pixel_needles(kiosk_run.video)[0]
     assert holders(needles, kiosk_run.root) == []
 
 
