@@ -56,8 +56,11 @@ def test_wrong_type_is_reported_with_the_expected_type() -> None:
 
 
 def test_integer_is_accepted_where_a_number_is_expected() -> None:
-    assert parse_config("[liveness]\near_threshold = 0\n".replace("0\n", "0.2\n")).liveness
-    assert parse_config("[camera]\nfps = 25\n").camera.fps == 25.0
+    # (This once parsed "0.2", a float, and asserted the always-true `.liveness`.)
+    window = parse_config("[liveness]\nresponse_window_s = 2\n").liveness.response_window_s
+    assert window == 2.0 and isinstance(window, float)
+    fps = parse_config("[camera]\nfps = 25\n").camera.fps
+    assert fps == 25.0 and isinstance(fps, float)
 
 
 def test_bool_is_not_accepted_as_a_number() -> None:
@@ -101,8 +104,8 @@ def test_every_problem_is_reported_at_once() -> None:
         ("[mqtt]\ntls = true\n", "mqtt.ca_file = '': must name the CA"),
         ('[mqtt]\ncert_file = "c.pem"\n', "mqtt.cert_file / mqtt.key_file: give both"),
         ('[actuator]\nkind = "serial"\n', "actuator.serial_port = '': must name a port"),
-        ('[device]\nid = "a/b"\n', "device.id = 'a/b': must be 1-64 characters"),
-        ('[device]\nsite = "x+y"\n', "device.site = 'x+y': must be non-empty"),
+        ('[device]\nid = "a/b"\n', "device.id = 'a/b': must be 1-64 ASCII letters, digits"),
+        ('[device]\nsite = "x+y"\n', "device.site = 'x+y': must be 1-64 ASCII letters, digits"),
         ('[smart_lock]\nmax_household = 1\nhousehold = ["a", "b"]\n',
          "smart_lock.household: 2 subjects: must be at most"),
     ],

@@ -91,11 +91,23 @@ def test_embedding_is_deterministic_across_calls_and_instances(pipeline: VisionP
     np.testing.assert_array_equal(v1, v3)
 
 
-def test_flip_tta_is_symmetric_under_mirroring(pipeline: VisionPipeline) -> None:
-    chip = lfw_chip(pipeline, "Aaron_Sorkin", 1)
-    tta = Embedder(model_path(MODELS, EMBEDDER))
-    v, vm = tta.embed(chip), tta.embed(np.ascontiguousarray(chip[:, ::-1]))
-    np.testing.assert_allclose(v, vm, atol=1e-6)
+def test_flip_tta_combines_the_chip_with_its_mirror_image_of_the_same_person(
+    pipeline: VisionPipeline, embeddings: dict[tuple[str, int], np.ndarray]
+) -> None:
+    # (That TTA of a chip equals TTA of its mirror holds by construction, so it is no test.)
+    assert pipeline.embedder is not None and pipeline.embedder.flip_tta  # shipped thresholds
+    chip = lfw_chip(pipeline, "Aaron_Sorkin", 1)  # a person not in PEOPLE
+    plain = Embedder(model_path(MODELS, EMBEDDER), flip_tta=False)
+    single, mirrored = plain.embed(chip), plain.embed(np.ascontiguousarray(chip[:, ::-1]))
+    tta = Embedder(model_path(MODELS, EMBEDDER)).embed(chip)
+    others = list(embeddings.values())
+    # The mirror image is the same person: closer to the chip than anybody else is.
+    assert float(single @ mirrored) > max(float(single @ o) for o in others)
+    # TTA really changes the embedding, and towards the mirror image: it lies between the two,
+    # and is closer to the mirrored embedding than to any other person's.
+    assert float(tta @ single) < 0.9999
+    assert min(float(tta @ single), float(tta @ mirrored)) > float(single @ mirrored)
+    assert float(tta @ mirrored) > max(float(tta @ o) for o in others)
 
 
 def test_embedder_with_a_flipped_byte_is_refused(tmp_path: Path) -> None:
