@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 import pytest
 from _broker import Broker
-from conftest import require_service
+from conftest import require_service, wait_until
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
@@ -138,12 +137,8 @@ def wait_subscribed(log: Path, proc: subprocess.Popen[bytes], times: int = 1) ->
 
 
 def wait_for(pred: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    """conftest.wait_until, polling the ledger or a log a little less often."""
+    wait_until(pred, timeout_s, what, interval_s)
 
 
 # ---------------------------------------------------------------------------- rigs

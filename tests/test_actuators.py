@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
-import time
 
 import pytest
+from conftest import wait_until
 from gpiozero.pins.mock import MockFactory
 
 from edge.config import ActuatorConfig
@@ -68,21 +69,21 @@ def test_serial_relay_speaks_on_off_over_a_real_pty() -> None:
     name = os.ttyname(slave)
     relay = SerialRelay(ActuatorConfig(kind="serial", serial_port=name, pulse_ms=40))
     relay.pulse()
-    time.sleep(0.3)
-    relay.close()
-    got = b""
+    got = bytearray()
     os.set_blocking(master, False)
+
+    def three_lines() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            got.extend(os.read(master, 1024))
+        return got.count(b"\n") >= 3
+
     try:
-        while True:
-            chunk = os.read(master, 1024)
-            if not chunk:
-                break
-            got += chunk
-    except BlockingIOError:
-        pass
-    os.close(master)
-    os.close(slave)
-    assert got.replace(b"\r", b"").split(b"\n")[:3] == [b"OFF", b"ON", b"OFF"]
+        wait_until(three_lines, 5.0, "OFF (at open), ON and OFF (pulse end) on the serial line")
+    finally:
+        relay.close()
+        os.close(master)
+        os.close(slave)
+    assert bytes(got).replace(b"\r", b"").split(b"\n")[:3] == [b"OFF", b"ON", b"OFF"]
 
 
 def test_missing_serial_port_is_a_clear_error() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -86,10 +85,12 @@ def test_queued_qos1_survives_a_graceful_broker_restart(tmp_path: Path) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         sub = _client(broker, "persistent-sub")
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *args: subscribed.set()
         sub.connect(broker.host, broker.port, clean_start=False, properties=props)
         sub.loop_start()
         sub.subscribe("q/#", qos=1)
-        time.sleep(0.3)
+        assert subscribed.wait(5), "no SUBACK for the persistent subscription"
         sub.disconnect()
         sub.loop_stop()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from _broker import Broker, make_test_pki, start_mosquitto
+from conftest import wait_until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from paho.mqtt.enums import CallbackAPIVersion
@@ -131,15 +134,20 @@ def test_outbox_events_arrive_signed_with_bounded_inflight_and_leave_after_pubac
 
 
 def test_events_wait_in_the_outbox_while_the_broker_is_down_then_drain(
-    broker: Broker, outbox: Outbox
+    broker: Broker, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="edge.transport.mqtt")
     broker.stop()
     link = MqttLink(mqtt_cfg(broker), DEVICE, SITE, outbox)
     link.start()
     try:
         for _ in range(10):
             outbox.emit(factory(), "door.unlock", **DOOR)
-        time.sleep(1.0)  # several failed, backed-off connection attempts
+
+        def failed_attempts() -> int:
+            return sum("mqtt connect to" in r.getMessage() for r in list(caplog.records))
+
+        wait_until(lambda: failed_attempts() >= 3, 10, "three failed, backed-off connections")
         assert not link.connected.is_set()
         assert outbox.status()["pending"] == 10
         broker.start()
@@ -197,9 +205,13 @@ def test_status_is_retained_online_and_graceful_stop_says_offline(
     broker: Broker, outbox: Outbox
 ) -> None:
     link = MqttLink(mqtt_cfg(broker), DEVICE, SITE, outbox)
+    probe = Subscriber(broker, status_topic(SITE, DEVICE))  # there before the link: sees it live
     link.start()
-    assert link.connected.wait(5.0)
-    time.sleep(0.2)
+    try:
+        # Once the broker has passed "online" on, it holds the retained copy.
+        assert [(t, p) for t, p, _ in probe.take(1)] == [(status_topic(SITE, DEVICE), b"online")]
+    finally:
+        probe.close()
     late = Subscriber(
         broker, status_topic(SITE, DEVICE)
     )  # subscribes after: gets the retained copy
@@ -218,7 +230,7 @@ def test_sigkilled_publisher_is_reported_offline_by_its_last_will(
         [
             sys.executable,
             "-m",
-            "edge.transport.mqtt",
+            "edge.measure.burst",
             "publish-burst",
             "--state-dir",
             str(tmp_path / "s"),
@@ -297,20 +309,25 @@ def test_signed_commands_are_dispatched_once_and_bad_ones_refused_and_audited(
         Config(), mqtt=mqtt_cfg(broker), device=DeviceConfig(id=DEVICE, site=SITE)
     )
     link = link_for_kiosk(cfg, KEY, outbox, handlers={"templates.revoke": seen.append})
+    # The link has no "subscribed" signal of its own; its paho client's SUBACK callback is free.
+    cmd_subscribed = threading.Event()
+    link._client.on_subscribe = lambda *args: cmd_subscribed.set()
     audits = Subscriber(broker, f"facegate/v1/{SITE}/{DEVICE}/event/console.audit")
     link.start()
     pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     try:
-        assert link.connected.wait(5.0)
-        time.sleep(0.3)  # subscription in place
+        assert cmd_subscribed.wait(5.0), "the link never subscribed to its command topic"
         good = sign_command(BACKEND, DEVICE, "templates.revoke", {"subject": "s-9"})
         forged = sign_command(Ed25519PrivateKey.generate(), DEVICE, "wipe", {})
         for payload in (good, good, forged):  # the second copy is a replay
             pub.publish(cmd_topic(SITE, DEVICE), payload, qos=1).wait_for_publish(5)
         got = [json.loads(p) for _, p, _ in audits.take(2)]
-        time.sleep(0.5)
+        wait_until(
+            lambda: link.stats.commands_accepted + sum(link.stats.commands_refused.values()) >= 3,
+            5, "the link to settle all three commands",
+        )  # fmt: skip
     finally:
         pub.loop_stop()
         link.stop()
@@ -399,7 +416,7 @@ def test_publisher_sigkilled_at_random_points_delivers_every_seq_once_restarted(
     cmd = [
         sys.executable,
         "-m",
-        "edge.transport.mqtt",
+        "edge.measure.burst",
         "publish-burst",
         "--state-dir",
         str(tmp_path / "s"),
