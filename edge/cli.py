@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(handler="eval_lfw")
     e = esub.add_parser("liveness", parents=[common])
     e.add_argument("--data", required=True, metavar="DIR")
+    e.add_argument("--challenge", choices=("always", "never"), default="always",
+                   help="blink asked in every session (default) or never (the fare gate)")
     e.add_argument("--json", metavar="OUT", dest="json_out")
+    e.add_argument("--plot", metavar="PNG", help="live vs attack passive scores, threshold")
     e.set_defaults(handler="eval_liveness")
     e = esub.add_parser("detect", parents=[common])
     e.add_argument("--data", required=True, metavar="DIR")

@@ -108,6 +108,19 @@ class LivenessConfig:
     static_motion_px: float = _f(0.35, lo=0.0, hi=50.0)
     continuity_min_iou: float = _f(0.3, lo=0.0, hi=1.0)
     continuity_min_similarity: float = _f(0.95, lo=-1.0, hi=1.0)  # measured: eval liveness
+    # Passive anti-spoofing (MiniFASNet, models/README.md) on every path, blink or no blink: the
+    # median real-face score of the session's crops must reach `pad_threshold`. Calibrated on
+    # ../shared/data only: replays and recaptures <= 0.09, live sessions >= 0.54 (session
+    # medians); the bounds keep a config from switching the check off by a threshold.
+    pad: bool = _f(True)
+    pad_threshold: float = _f(0.3, lo=0.05, hi=0.95)
+    pad_min_crops: int = _f(3, lo=1, hi=30)
+    pad_every_s: float = _f(0.1, lo=0.0, hi=2.0)  # spacing of the scored crops in a session
+    # The no-blink path watches the face at least this long before deciding, and calls it
+    # static when no landmark moves non-rigidly by `passive_motion_px` (per 100 px between the
+    # eyes) in that time: a frozen frame scores exactly 0, live sessions >= 0.44 in 0.6 s.
+    passive_min_s: float = _f(0.6, lo=0.5, hi=10.0)
+    passive_motion_px: float = _f(0.1, lo=0.01, hi=5.0)
 
 
 @dataclass(frozen=True)
@@ -191,6 +204,32 @@ class BakeryConfig:
 
 
 @dataclass(frozen=True)
+class ClaimsConfig:
+    """Who the person at the kiosk says they are: QR token, card reader, POS/keypad bridge."""
+
+    qr: bool = _f(False)  # read backend-signed QR claim tokens shown to the kiosk's camera
+    qr_every_frames: int = _f(3, lo=1, hi=100)  # scan 1 idle frame in N (bounded cost)
+    card_port: str = _f("")  # serial card reader, one card number per line ("" = none)
+    card_baud: int = _f(9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200))
+    bridge_socket: str = _f("")  # POS / keypad bridge Unix socket ("" = none)
+    claim_timeout_s: float = _f(20.0, lo=1.0, hi=600.0)  # an unused claim expires
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    # The backend's Ed25519 public key (64 hex): the one place for it. It verifies downlink
+    # commands, settlement receipts, sealed templates and QR claim tokens.
+    public_key: str = _f("")
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    enabled: bool = _f(False)  # serve the prompt page on 127.0.0.1:port
+    port: int = _f(8080, lo=1024, hi=65535)
+    preview: bool = _f(False)  # live camera preview on the page (never stored)
+
+
+@dataclass(frozen=True)
 class DebugConfig:
     capture_frames: bool = _f(False)
     capture_dir: str = _f("/dev/shm/facegate-debug")
@@ -216,6 +255,9 @@ class Config:
     fare_gate: FareGateConfig = field(default_factory=FareGateConfig)
     smart_lock: SmartLockConfig = field(default_factory=SmartLockConfig)
     bakery: BakeryConfig = field(default_factory=BakeryConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property

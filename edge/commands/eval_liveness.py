@@ -1,4 +1,4 @@
-"""`facegate eval liveness --data DIR [--json OUT]`: blink detection and liveness sessions.
+"""`facegate eval liveness --data DIR [--challenge always|never] [--json OUT] [--plot PNG]`.
 
 Prints the JSON of DESIGN.md section 4 plus diagnostics: `blinks_found`, `open_eye_sessions` /
 `open_eye_accepted` (live people who do not blink: must not pass), `blink_replay_sessions` /
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge.commands._output import check_json_target, write_json
 from edge.config import Config
-from edge.measure.eval_liveness import Analyser, evaluate, meets_targets
+from edge.measure.eval_liveness import Analyser, evaluate, meets_targets, plot_passive
 from edge.vision.pipeline import VisionPipeline
 
 
@@ -33,7 +33,12 @@ def _load_pipeline(cfg: Config) -> VisionPipeline:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     check_json_target(args.json_out)
-    result = evaluate(Path(args.data), cfg, Analyser(_load_pipeline(cfg)))
+    if args.plot:
+        check_json_target(args.plot)
+    result = evaluate(Path(args.data), cfg, Analyser(_load_pipeline(cfg)), challenge=args.challenge)
+    if args.plot:
+        plot_passive(Path(args.plot), result)
+    result.pop("_kinds", None)
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.json_out:
         write_json(Path(args.json_out), text)

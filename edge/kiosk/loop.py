@@ -61,6 +61,7 @@ class Vision(Protocol):
     def observe(self, image: Any) -> list[Any]: ...
     def quality(self, image: Any, obs: Any) -> Any: ...
     def embed(self, image: Any, landmarks: Any) -> Embedding: ...
+    def pad_score(self, image: Any, obs: Any) -> float | None: ...
 
 
 class _CapturingVision:
@@ -76,6 +77,9 @@ class _CapturingVision:
     def embed(self, frame: Frame, landmarks: Any) -> Embedding | None:
         self.last = self.vision.embed(frame, landmarks)
         return self.last
+
+    def pad_score(self, frame: Frame, obs: Any) -> float | None:
+        return self.vision.pad_score(frame, obs)
 
 
 @dataclass
@@ -252,6 +256,8 @@ class Kiosk:
                 f"Too many attempts - try again in {decision.lockout_s:.0f} s or use PIN/card",
                 stats,
             )
+        elif decision.reason == "spoof":
+            self._prompt("Not verified - live face not confirmed; please use PIN or card", stats)
         else:
             self._prompt("Not verified - please use PIN or card, or try again", stats)
 

@@ -20,6 +20,8 @@ class Decision:
     timing_ms: dict[str, float] = field(default_factory=dict)  # per state, and "total"
     latency_ms: float | None = None  # end of the blink -> decision (perf clock)
     lockout_s: float = 0.0  # lock now in force on the claim
+    pad_score: float | None = None  # fused passive real-face score (None: not scored)
+    pad_crops: int = 0  # crops behind it
 
     @property
     def decision(self) -> str:
@@ -35,6 +37,8 @@ class Decision:
                 "blinks": self.blinks,
                 "challenge_ms": _r(self.challenge_ms),
                 "required": self.challenge_required,
+                "pad_score": _r(self.pad_score, 3),
+                "pad_crops": self.pad_crops,
             },
             "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()},
             "latency_ms": _r(self.latency_ms),
@@ -42,8 +46,8 @@ class Decision:
         }
 
 
-def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 1)
+def _r(v: float | None, digits: int = 1) -> float | None:
+    return None if v is None else round(v, digits)
 
 
 def challenge_required(policy: str, stepup_amount: float, amount: float | None) -> bool:

@@ -46,3 +46,8 @@ class SessionVision(Protocol):
     def embed(self, frame: Frame, landmarks: Any) -> NDArray[np.float32] | None:
         """(128,) L2-normalised embedding of the face, or None when no embedder is loaded."""
         ...
+
+    def pad_score(self, frame: Frame, obs: Any) -> float | None:
+        """Passive real-face score in [0, 1] of one face, or None when it cannot be scored
+        (no PAD model, or the face's crop is not reliable)."""
+        ...

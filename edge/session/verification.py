@@ -10,8 +10,10 @@ the live camera; the decision latency is measured on an injected performance clo
 from __future__ import annotations
 
 import enum
+import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +26,7 @@ from edge.liveness.blink import BlinkDetector
 from edge.liveness.challenge import Challenge, challenge_at, schedule_challenge
 from edge.liveness.continuity import ContinuityMonitor
 from edge.liveness.eye import eye_openness
+from edge.liveness.fusion import fuse_passive, passive_verdict
 from edge.liveness.motion import MotionMonitor
 from edge.session.decision import Decision, challenge_required
 from edge.session.lockout import LockoutStore
@@ -36,7 +39,14 @@ Embedding = NDArray[np.float32]
 STATIC_WINDOW_S = 2.0
 # Reasons that count as a failed attempt for the lockout. Nobody in view (`no_face`) or a bad
 # frame (`quality:*`) is not an attempt; `locked_out` must not extend its own lock.
-COUNTED_REASONS = frozenset({"no_blink", "static", "face_changed", "mismatch", "timeout"})
+COUNTED_REASONS = frozenset(
+    {"no_blink", "static", "spoof", "face_changed", "mismatch", "timeout"}
+)
+# A face too far for a reliable passive crop is asked to come closer, one filling the frame to
+# step back; it is never passed on an unreliable crop.
+MOVE_PROMPTS = {"quality:too_far": "Please come closer", "quality:too_close": "Please step back"}
+# At most this many passive scores are kept per session (the median needs no more).
+MAX_PAD_CROPS = 32
 
 
 class PipelineVision:
@@ -55,6 +65,12 @@ class PipelineVision:
             return None
         emb: Embedding = self.pipeline.embed(frame.image, landmarks)
         return emb
+
+    def pad_score(self, frame: Frame, obs: Any) -> float | None:
+        if not getattr(self.pipeline, "has_pad", False):
+            return None
+        score: float | None = self.pipeline.pad_score(frame.image, obs)
+        return score
 
 
 class State(enum.Enum):
@@ -107,6 +123,12 @@ class VerificationSession:
         self._acq_embeddings: list[Embedding] = []
         self._post_embeddings: list[Embedding] = []
         self._blink_end_perf: float | None = None
+        # Passive liveness: crops scored at most every `pad_every_s`, and on the no-blink path
+        # a motion rule that can fire within the session (`passive_min_s`).
+        self._pad_scores: deque[float] = deque(maxlen=MAX_PAD_CROPS)
+        self._pad_last_t = -math.inf
+        self._passive_motion = MotionMonitor(lv.passive_min_s, lv.passive_motion_px)
+        self._acquired_t = 0.0
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -193,12 +215,17 @@ class VerificationSession:
         quality = self.vision.quality(frame, obs)
         if not quality.ok:
             self._quality_reason = quality.reasons[0] if quality.reasons else "quality:unknown"
+            self.prompt = MOVE_PROMPTS.get(self._quality_reason)
             return None
+        self.prompt = None
         _, why = self._continuity.update(t, [o.box for o in faces])
         if why is not None:
             return self._finish(t, why)
         assert obs.landmarks is not None
+        self._acquired_t = t
         self._track(frame, obs.landmarks, t)
+        self._passive_motion.update(t, obs.landmarks.points)
+        self._sample_pad(frame, obs, t)
         emb = self.vision.embed(frame, obs.landmarks)
         if emb is not None:
             self._acq_embeddings.append(emb)
@@ -234,6 +261,8 @@ class VerificationSession:
         if marks is None:
             self._blinks.gap()
         else:
+            assert idx is not None
+            self._sample_pad(frame, faces[idx], t)
             blink = self._blinks.update(t, eye_openness(marks.points), frame.index)
             self._motion.update(t, marks.points)
             if blink is not None and ch.counts(blink):
@@ -267,22 +296,45 @@ class VerificationSession:
             if why is not None:
                 return self._finish(t, why)
         if t - self._state_t0 > self.cfg.session.verify_timeout_s:
+            # (also a face whose crops never scored: too far or too close; never passed)
             return self._finish(t, "timeout")
         marks = faces[tracked].landmarks if tracked is not None else None
         if marks is None:
             return None
+        assert tracked is not None
+        lv = self.cfg.liveness
+        self._sample_pad(frame, faces[tracked], t)
         if not self._need_challenge:
             # Passive path: the landmarks must still move like a live face's would.
             self._track(frame, marks, t)
+            self._passive_motion.update(t, marks.points)
             if self._motion.is_static(t):
                 return self._finish(t, "static")
-        emb = self.vision.embed(frame, marks)
-        if emb is not None:
-            self._post_embeddings.append(emb)
         wanted = 1 if self._need_challenge else self.cfg.verify.frames
-        if emb is not None and len(self._post_embeddings) < wanted:
-            return None
+        if len(self._post_embeddings) < wanted:
+            emb = self.vision.embed(frame, marks)
+            if emb is not None:
+                self._post_embeddings.append(emb)
+                if len(self._post_embeddings) < wanted:
+                    return None
+        if not self._need_challenge:
+            # Watch long enough for the motion rule to be able to fire (a frozen frame).
+            if t - self._acquired_t < lv.passive_min_s:
+                return None
+            if self._passive_motion.is_static(t):
+                return self._finish(t, "static")
+        if lv.pad and len(self._pad_scores) < lv.pad_min_crops:
+            return None  # keep scoring crops; the verify timeout ends a face that never scores
         return self._decide(t)
+
+    def _sample_pad(self, frame: Frame, obs: ObservationLike, t: float) -> None:
+        lv = self.cfg.liveness
+        if not lv.pad or t - self._pad_last_t < lv.pad_every_s:
+            return
+        score = self.vision.pad_score(frame, obs)
+        if score is not None:
+            self._pad_scores.append(score)
+            self._pad_last_t = t
 
     def _track(self, frame: Frame, marks: LandmarksLike, t: float) -> None:
         self._blinks.update(t, eye_openness(marks.points), frame.index)
@@ -294,6 +346,13 @@ class VerificationSession:
             similarity = float(np.dot(_mean_unit(before), _mean_unit(after)))
             if similarity < self.cfg.liveness.continuity_min_similarity:
                 return self._finish(t, "face_changed")
+        lv = self.cfg.liveness
+        if lv.pad:
+            # The blink proves timing; the passive score proves a real face. Both must pass,
+            # and the passive verdict comes before any identity comparison.
+            spoof = passive_verdict(self._pad_scores, lv.pad_threshold, lv.pad_min_crops)
+            if spoof is not None:
+                return self._finish(t, spoof)
         if self._references is None:
             return self._finish(t, None)
         probes = before + after
@@ -343,6 +402,8 @@ class VerificationSession:
             timing_ms=dict(self._timing),
             latency_ms=latency,
             lockout_s=lock_s,
+            pad_score=fuse_passive(self._pad_scores),
+            pad_crops=len(self._pad_scores),
         )
         return self.decision
 

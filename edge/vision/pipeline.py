@@ -1,9 +1,10 @@
-"""The vision stages wired for the kiosk: detect -> landmarks -> quality -> align + embed."""
+"""The vision stages wired for the kiosk: detect -> landmarks -> quality -> passive PAD score ->
+align + embed."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,7 +16,14 @@ from edge.vision import quality as quality_mod
 from edge.vision.detect import FaceDetector, check_image
 from edge.vision.landmarks import LandmarkModel
 from edge.vision.models import DETECTOR, EMBEDDER, LANDMARKER, model_path
+from edge.vision.pad import PassiveScorer, crop_problem
 from edge.vision.types import Embedding, FaceBox, Landmarks
+
+# A face whose PAD crop is not reliable is asked to move (quality reasons, never passed).
+PAD_QUALITY_REASONS = {
+    "pad:face_too_small": "quality:too_far",
+    "pad:face_too_close": "quality:too_close",
+}
 
 # FaceMesh's own presence threshold (MediaPipe's default for keeping a face); a detection the
 # mesh model calls "no face" is dropped as a detector false positive.
@@ -50,16 +58,21 @@ class VisionPipeline:
         quality_cfg: QualityConfig,
         min_face_px: float,
         embedder: _Embedder | None = None,
+        pad: PassiveScorer | None = None,
     ) -> None:
         self.detector = detector
         self.landmarks = landmarks
         self.quality_cfg = quality_cfg
         self.min_face_px = min_face_px
         self.embedder = embedder
+        self.pad = pad
 
     @classmethod
-    def from_config(cls, cfg: Config, *, with_embedder: bool = True) -> VisionPipeline:
-        """Load every model from `cfg.models_dir` (hash-checked) with `cfg.vision` settings."""
+    def from_config(
+        cls, cfg: Config, *, with_embedder: bool = True, with_pad: bool | None = None
+    ) -> VisionPipeline:
+        """Load every model from `cfg.models_dir` (hash-checked) with `cfg.vision` settings;
+        the passive PAD models when `with_pad` (default: `liveness.pad`)."""
         v, d = cfg.vision, cfg.models_dir
         detector = FaceDetector(
             model_path(d, DETECTOR), v.threads, score_threshold=v.detect_score, nms_iou=v.nms_iou
@@ -73,11 +86,18 @@ class VisionPipeline:
                 msg = f"embedder module unavailable ({exc}); reinstall facegate"
                 raise ModelError(msg) from exc
             embedder = embed_mod.Embedder(model_path(d, EMBEDDER), v.threads, v.flip_tta)
-        return cls(detector, marks, cfg.quality, float(v.min_face_px), embedder)
+        pad = None
+        if cfg.liveness.pad if with_pad is None else with_pad:
+            pad = PassiveScorer.from_models_dir(d, v.threads)
+        return cls(detector, marks, cfg.quality, float(v.min_face_px), embedder, pad)
 
     @property
     def has_embedder(self) -> bool:
         return self.embedder is not None
+
+    @property
+    def has_pad(self) -> bool:
+        return self.pad is not None
 
     def observe(self, image: Any) -> list[FaceObservation]:
         """Faces in one frame (Frame or (H, W, 3) uint8 RGB), best first; landmarks for faces
@@ -98,7 +118,21 @@ class VisionPipeline:
         img = _image(image)
         if obs.landmarks is None:
             return quality_mod.Quality(False, ("quality:size",), 0.0, 0.0, 0.0, 0.0, 0.0)
-        return quality_mod.assess(img, obs.box, obs.landmarks, self.quality_cfg)
+        q = quality_mod.assess(img, obs.box, obs.landmarks, self.quality_cfg)
+        problem = crop_problem(obs.box, img.shape) if self.pad is not None else None
+        if problem is None:
+            return q
+        return replace(q, ok=False, reasons=(*q.reasons, PAD_QUALITY_REASONS[problem]))
+
+    def pad_score(self, image: Any, obs: FaceObservation) -> float | None:
+        """Real-face score in [0, 1] of one face (both MiniFASNet crops), or None when no PAD
+        model is loaded or the face's crop is not reliable (too small, or too close)."""
+        if self.pad is None:
+            return None
+        img = _image(image)
+        if crop_problem(obs.box, img.shape) is not None:
+            return None
+        return self.pad.score(img, obs.box)
 
     def embed(self, image: Any, landmarks: Landmarks) -> Embedding:
         """(128,) L2-normalised embedding: 5-point alignment to the 150x150 chip, then the

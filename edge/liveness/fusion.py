@@ -1,0 +1,34 @@
+"""Fusion of the passive anti-spoofing score with the rest of liveness.
+
+Every decision, blink or no blink, needs the passive score of the session: the median of the
+real-face scores of several crops spread over the session. The median ignores fewer than half
+of the crops whatever their values (a motion-blurred frame, a half-turned head, a box that
+slipped), so one confident frame can neither pass an attack nor fail a live person. The blink,
+when asked for, proves timing on top; it never replaces the passive score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def fuse_passive(scores: Iterable[float]) -> float | None:
+    """One passive score for a session from per-crop scores in [0, 1] (the median); None when
+    there are none. Non-finite or out-of-range values count as 0 (an attack-like crop)."""
+    values = [float(s) if math.isfinite(s) and 0.0 <= s <= 1.0 else 0.0 for s in scores]
+    if not values:
+        return None
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def passive_verdict(scores: Iterable[float], threshold: float, min_crops: int) -> str | None:
+    """None when the passive score passes, else the rejection reason `spoof` (too few crops
+    is not a pass: the caller keeps collecting until it has `min_crops`)."""
+    values = list(scores)
+    fused = fuse_passive(values)
+    if fused is None or len(values) < min_crops or fused < threshold:
+        return "spoof"
+    return None
