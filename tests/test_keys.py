@@ -11,6 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.errors import KeyStoreError
+from edge.trust.event_schema import EventError
+from edge.trust.events import EventFactory, verify_event
 from edge.trust.keys import (
     CREDENTIAL_NAMES,
     FILE_NAMES,
@@ -41,11 +43,21 @@ def test_init_refuses_to_overwrite_existing_keys(state_dir: Path) -> None:
     assert load_keys(state_dir, "kiosk-1").template_key == first.template_key
 
 
-def test_signature_made_with_loaded_key_verifies_with_published_key(state_dir: Path) -> None:
-    init_keys(state_dir, "kiosk-1")
-    keys = load_keys(state_dir, "kiosk-1")
-    pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_keys(keys)["signing_public"]))
-    pub.verify(keys.signing_key.sign(b"event"), b"event")  # raises if wrong
+def test_events_signed_after_a_reload_verify_with_the_key_published_at_init(
+    state_dir: Path,
+) -> None:
+    # The public key must be the one published when the device was provisioned (init), not one
+    # derived from the reloaded key itself: that would verify by construction.
+    published = public_keys(init_keys(state_dir, "kiosk-1"))["signing_public"]
+    keys = load_keys(state_dir, "kiosk-1")  # after a reboot
+    ev = EventFactory("kiosk-1", "s-1", keys.signing_key).build(
+        "device.status", 1, status="online"
+    )
+    pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(published))
+    assert verify_event(ev.payload, pub) == ev.event
+    stranger = public_keys(init_keys(state_dir / "other", "kiosk-1"))["signing_public"]
+    with pytest.raises(EventError, match="signature"):
+        verify_event(ev.payload, Ed25519PublicKey.from_public_bytes(bytes.fromhex(stranger)))
 
 
 @pytest.mark.parametrize("name", sorted(FILE_NAMES.values()))
