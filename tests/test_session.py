@@ -67,7 +67,9 @@ class FakeVision:
 
     identity: Callable[[int], np.ndarray | None] = lambda i: ALICE
     bad_quality: Callable[[int], str | None] = lambda i: None
+    passive: Callable[[int], float | None] = lambda i: 0.99  # a real face's PAD score
     embedded: list[int] = field(default_factory=list)
+    pad_scored: list[int] = field(default_factory=list)
 
     def quality(self, frame: Frame, obs: object) -> Q:
         why = self.bad_quality(frame.index)
@@ -76,6 +78,10 @@ class FakeVision:
     def embed(self, frame: Frame, landmarks: object) -> np.ndarray | None:
         self.embedded.append(frame.index)
         return self.identity(frame.index)
+
+    def pad_score(self, frame: Frame, obs: object) -> float | None:
+        self.pad_scored.append(frame.index)
+        return self.passive(frame.index)
 
 
 def live_face(
@@ -390,3 +396,81 @@ def test_same_seed_same_session() -> None:
     a = run(frames, references=[ALICE], seed=11)
     b = run(frames, references=[ALICE], seed=11)
     assert a == b
+
+
+# -- passive anti-spoofing on every path -----------------------------------------------------
+
+NEVER = replace(CFG, session=replace(CFG.session, challenge="never"))
+
+
+def test_a_recapture_that_blinks_on_cue_is_rejected_as_spoof() -> None:
+    vision = FakeVision(passive=lambda i: 0.02)  # a screen replay: the PAD sees the screen
+    d = run(scene(4.0, blinks=(1.6,)), vision=vision, references=[ALICE], prompt_t=1.2)
+    assert not d.accepted and d.reason == "spoof" and d.blinks == 1
+    assert d.score is None  # the identity was never compared for an attack
+
+
+def test_a_recapture_is_rejected_as_spoof_with_the_blink_off() -> None:
+    d = run(scene(3.0), cfg=NEVER, vision=FakeVision(passive=lambda i: 0.1), references=[ALICE])
+    assert not d.accepted and d.reason == "spoof" and not d.challenge_required
+
+
+def test_the_passive_score_is_the_median_of_crops_spread_over_the_session() -> None:
+    given = [0.0, 0.97, 0.99, 0.98, 0.96, 0.99, 0.98, 0.97, 0.99, 0.98]
+    scores = iter(given)
+    vision = FakeVision(passive=lambda i: next(scores, 0.98))
+    d = run(scene(3.0), cfg=NEVER, vision=vision, references=[ALICE])
+    assert d.accepted, d  # one bad crop (the first) does not fail a live face
+    gaps = np.diff(vision.pad_scored) / FPS
+    assert len(vision.pad_scored) >= CFG.liveness.pad_min_crops
+    assert gaps.min() >= CFG.liveness.pad_every_s - 1e-9  # spread, not one frame scored N times
+    used = given[: len(vision.pad_scored)]
+    assert d.pad_crops == len(used) and d.pad_score == pytest.approx(float(np.median(used)))
+
+
+def test_an_attack_with_one_lucky_frame_is_still_rejected() -> None:
+    scores = iter([0.99] + [0.05] * 40)
+    d = run(scene(3.0), cfg=NEVER, vision=FakeVision(passive=lambda i: next(scores, 0.05)),
+            references=[ALICE])  # fmt: skip
+    assert d.reason == "spoof"
+
+
+def test_a_face_whose_crops_never_score_is_never_passed() -> None:
+    for cfg in (CFG, NEVER):
+        d = run(scene(8.0, blinks=(1.6,)), cfg=cfg, vision=FakeVision(passive=lambda i: None),
+                references=[ALICE], prompt_t=1.2)  # fmt: skip
+        assert not d.accepted and d.reason == "timeout", (cfg.session.challenge, d)
+
+
+def test_a_frozen_frame_is_rejected_as_static_with_the_blink_off() -> None:
+    frames = scene(3.0, faces=lambda t, ear: [live_face(t, ear, frozen=True)])
+    d = run(frames, cfg=NEVER, references=[ALICE])
+    assert not d.accepted and d.reason == "static"
+    assert d.timing_ms["total"] < 1000  # the motion rule fires within the session (0.6 s)
+
+
+def test_the_no_blink_path_watches_the_face_for_passive_min_s_before_deciding() -> None:
+    d = run(scene(3.0), cfg=NEVER, references=[ALICE])
+    assert d.accepted and not d.challenge_required
+    assert d.timing_ms["verify"] + d.timing_ms["acquire"] >= CFG.liveness.passive_min_s * 1000
+    assert d.timing_ms["total"] < 1000  # and not much longer: fare gates need throughput
+
+
+@pytest.mark.parametrize(
+    "reason,prompt", [("quality:too_far", "Please come closer"),
+                      ("quality:too_close", "Please step back")],
+)  # fmt: skip
+def test_a_face_too_far_or_too_close_for_a_reliable_crop_is_asked_to_move(
+    reason: str, prompt: str
+) -> None:
+    session = VerificationSession(NEVER, FakeVision(bad_quality=lambda i: reason),
+                                  rng=random.Random(1), perf_clock=Perf())  # fmt: skip
+    session.claim("alice", [ALICE], 0.0)
+    prompts, decision = set(), None
+    for frame, obs in scene(NEVER.session.acquire_timeout_s + 1.0):
+        decision = session.step(frame, obs)
+        prompts.add(session.prompt)
+        if decision is not None:
+            break
+    assert prompt in prompts
+    assert decision is not None and not decision.accepted and decision.reason == reason
