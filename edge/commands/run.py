@@ -94,10 +94,20 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             capture = DebugCapture(cfg.debug)
             print(f"DEBUG: decision frames are captured to {capture.dir} (tmpfs, deleted after "
                   f"{cfg.debug.capture_ttl_s:g} s)", file=sys.stderr)
+        dispatcher = None
+        if cfg.display.enabled:
+            from edge.kiosk.display.dispatcher import Dispatcher
+            from edge.kiosk.display.server import DisplayServer
+
+            server = DisplayServer.from_config(cfg.display)
+            server.start()
+            dispatcher = Dispatcher([server])
+            stack.callback(dispatcher.stop)
+            print(f"display: {server.url}", file=sys.stderr, flush=True)
         kiosk = Kiosk(
             cfg, source, vision=vision, display=_display, claims=claims, store=store,
             outbox=outbox, factory=factory, actuator=make_actuator(cfg.actuator),
-            lockout=lockout, presence=presence, debug_capture=capture,
+            lockout=lockout, presence=presence, debug_capture=capture, dispatcher=dispatcher,
         )
         install_signal_handlers(kiosk)
         stats = kiosk.run(max_frames=args.max_frames)

@@ -30,6 +30,8 @@ from edge.errors import FacegateError
 from edge.kiosk.actuators import Actuator, NoActuator
 from edge.kiosk.claims import Claim, ClaimSource
 from edge.kiosk.debug_capture import DebugCapture
+from edge.kiosk.display.dispatcher import Dispatcher
+from edge.kiosk.display.state import KioskState
 from edge.kiosk.presence import PresenceStore
 from edge.kiosk.profiles import CLAIM_PROMPTS, event_for
 from edge.kiosk.sdnotify import Notifier
@@ -45,6 +47,7 @@ Display = Callable[[str], None]
 Embedding = NDArray[np.float32]
 COOLDOWN_NO_FACE_S = 1.0  # after a decision, wait for the person to step away this long
 MAINTENANCE_EVERY_S = 3600.0
+SESSION_PROMPT_STATES = {"Please come closer": "closer", "Please step back": "step_back"}
 
 
 class ReferenceStore(Protocol):
@@ -121,6 +124,7 @@ class Kiosk:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         debug_capture: DebugCapture | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.cfg, self.source, self.vision, self.display = cfg, source, vision, display
         self.claims, self.store = claims, store
@@ -132,6 +136,9 @@ class Kiosk:
         self.rng = rng
         self.stop_event = threading.Event()
         self.debug_capture = debug_capture  # None unless [debug] capture_frames = true
+        # Kiosk states go out once, to every listener (the display page, ...); `display` is the
+        # journal's plain-English line of the same state.
+        self.dispatcher = dispatcher
         self._frame: Frame | None = None
         self._last_prompt = ""
         self._active: _Active | None = None
@@ -141,11 +148,25 @@ class Kiosk:
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    def _prompt(self, text: str, stats: KioskStats) -> None:
+    def _prompt(self, text: str, stats: KioskStats, state: str = "look", **detail: Any) -> None:
+        """Show a kiosk state: the journal line `text` and, to the listeners, `state`."""
         if text and text != self._last_prompt:
             self._last_prompt = text
             stats.prompts.append(text)
             self.display(text)
+            if self.dispatcher is not None:
+                self.dispatcher.publish(KioskState(state, detail))
+
+    def _session_prompt(self, session: VerificationSession, t: float, stats: KioskStats) -> None:
+        text = session.prompt
+        if not text:
+            return
+        if text in SESSION_PROMPT_STATES:
+            self._prompt(text, stats, SESSION_PROMPT_STATES[text])
+            return
+        end = session.challenge_window_end_t
+        left = round(max(0.0, end - t), 1) if end is not None else None
+        self._prompt(text, stats, "blink", **({"seconds_left": left} if left is not None else {}))
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.stop_event.set()
@@ -198,7 +219,8 @@ class Kiosk:
     def _start(self, frame: Frame, stats: KioskStats) -> None:
         claim = self._next_claim()
         if claim is None:
-            self._prompt(CLAIM_PROMPTS.get(self.cfg.profile, "Please look at the camera"), stats)
+            self._prompt(CLAIM_PROMPTS.get(self.cfg.profile, "Please look at the camera"), stats,
+                         "claim", profile=self.cfg.profile)
             return
         refs, refusal = self._references(claim)
         t = frame.t_monotonic
@@ -246,20 +268,34 @@ class Kiosk:
         self._cooldown_until_absent = True
         self._absent_since = None
         if not stored:
-            self._prompt("Service unavailable - please pay or open with PIN or card", stats)
+            self._prompt("Service unavailable - please pay or open with PIN or card", stats,
+                         "service_unavailable")
             return
         if decision.accepted:
-            self._prompt("Verified - thank you", stats)
+            self._prompt("Verified - thank you", stats, "approved", **self._approved(claim))
             self.actuator.pulse()
         elif decision.reason == "locked_out":
             self._prompt(
                 f"Too many attempts - try again in {decision.lockout_s:.0f} s or use PIN/card",
-                stats,
-            )
+                stats, "locked_out", seconds_left=round(decision.lockout_s),
+            )  # fmt: skip
         elif decision.reason == "spoof":
-            self._prompt("Not verified - live face not confirmed; please use PIN or card", stats)
+            self._prompt("Not verified - live face not confirmed; please use PIN or card", stats,
+                         "denied", reason="spoof")
         else:
-            self._prompt("Not verified - please use PIN or card, or try again", stats)
+            self._prompt("Not verified - please use PIN or card, or try again", stats,
+                         "denied", reason=decision.reason or "rejected")
+
+    def _approved(self, claim: Claim) -> dict[str, Any]:
+        """What the display shows with an approval: the amount, the fare or the door."""
+        if self.cfg.profile == "bakery" and claim.amount is not None:
+            return {"kind": "payment", "amount": claim.amount, "currency": self.cfg.bakery.currency}
+        if self.cfg.profile == "fare_gate":
+            fg = self.cfg.fare_gate
+            return {"kind": "fare", "amount": fg.fare, "currency": fg.currency}
+        if self.cfg.profile == "smart_lock":
+            return {"kind": "door", "door": self.cfg.smart_lock.door}
+        return {}
 
     def _maintenance(self, t: float, stats: KioskStats) -> None:
         """Hourly: destroy past-due templates, raise welfare alerts (smart lock)."""
@@ -290,8 +326,7 @@ class Kiosk:
         if self._active is not None:
             active = self._active
             decision = active.session.step(frame, faces)
-            if active.session.prompt:
-                self._prompt(active.session.prompt, stats)
+            self._session_prompt(active.session, t, stats)
             if decision is not None:
                 self._active = None
                 self._decide(active.claim, decision, active.refs, active.vision.last, stats,
@@ -308,7 +343,7 @@ class Kiosk:
         if not faces:
             self._prompt("Please look at the camera", stats)
         elif len(faces) > 1:
-            self._prompt("One person at a time, please", stats)
+            self._prompt("One person at a time, please", stats, "one_person")
         else:
             self._start(frame, stats)
 

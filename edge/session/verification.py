@@ -130,6 +130,12 @@ class VerificationSession:
         self._passive_motion = MotionMonitor(lv.passive_min_s, lv.passive_motion_px)
         self._acquired_t = 0.0
 
+    @property
+    def challenge_window_end_t(self) -> float | None:
+        """When the blink response window closes (frame time, s), while a challenge runs."""
+        ch = self._challenge
+        return ch.window_end_t if ch is not None and self.state == State.CHALLENGE else None
+
     # -- transitions -------------------------------------------------------------------------
 
     def wait_for_claim(self, t: float) -> None:
