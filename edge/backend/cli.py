@@ -1,4 +1,5 @@
-"""`facegate-backend`: run a verifier worker, manage device keys, print the ledger."""
+"""`facegate-backend`: run a verifier worker, manage keys and devices, issue claim tokens, print
+the ledger."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from edge.backend.claim_tokens import DEFAULT_TTL_S, MIN_TTL_S
 from edge.errors import ConfigError, FacegateError
+from edge.trust.claim_tokens import MAX_TTL_S
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_DB = "facegate-ledger.db"
@@ -27,6 +31,13 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
         metavar="PATH|URL",
         help="SQLite file or postgresql://… URL (default $FACEGATE_BACKEND_DB or ./%(default)s)",
     )
+
+
+def _key_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--key-dir", default="", metavar="DIR",
+        help="directory of backend-signing.key (default $FACEGATE_BACKEND_KEYS)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     a = dsub.add_parser("remove", help="forget a device (its events are then refused)")
     a.add_argument("name")
     _db_arg(a)
+
+    p = sub.add_parser("keys", help="the backend's Ed25519 signing key")
+    ksub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("init", "create the key (never overwrites); print its public hex"),
+                         ("public", "print the public key (hex) for [backend] public_key")):
+        a = ksub.add_parser(action, help=text)
+        _key_dir_arg(a)
+
+    p = sub.add_parser("claims", help="QR claim tokens for riders")
+    csub = p.add_subparsers(dest="action", required=True)
+    a = csub.add_parser("issue", help="print a signed claim token (and write its QR code)")
+    a.add_argument("subject", help="the rider's pseudonymous subject id")
+    a.add_argument("--ttl", type=float, default=DEFAULT_TTL_S, metavar="S",
+                   help=f"seconds the token is valid ({MIN_TTL_S}..{MAX_TTL_S}, "
+                        "default %(default)g)")  # fmt: skip
+    a.add_argument("--png", default="", metavar="FILE", help="also write its QR code (PNG)")
+    _key_dir_arg(a)
 
     p = sub.add_parser("bench", help="events/s and latency: outbox → broker → 2 workers → ledger")
     p.add_argument("--broker", default="", metavar="URL", help="default: a private mosquitto")
@@ -174,6 +202,61 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from edge.backend.keys import (
+        backend_key_dir,
+        backend_public_hex,
+        generate_backend_keys,
+        load_backend_key_dir,
+    )
+
+    directory = backend_key_dir(args.key_dir)
+    if args.action == "init":
+        key = generate_backend_keys(directory)
+    else:
+        key = load_backend_key_dir(directory)
+    print(backend_public_hex(key))
+    return EXIT_OK
+
+
+def _png_target(raw: str) -> Path:
+    path = Path(raw)
+    if path.suffix.lower() != ".png":
+        raise ConfigError([f"--png {raw}: the QR code is written as PNG only; name it *.png"])
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or path.is_dir():
+        raise ConfigError([f"--png {raw}: cannot write there; give a file in a writable directory"])
+    return path
+
+
+def _cmd_claims(args: argparse.Namespace) -> int:
+    import time
+
+    from edge.backend.claim_tokens import issue_claim_token, qr_image
+    from edge.backend.keys import backend_key_dir, load_backend_key_dir
+    from edge.ids import id_problem
+
+    problem = id_problem("subject", args.subject)
+    if problem:
+        raise ConfigError([f"{problem} (the rider's pseudonymous subject id)"])
+    if not MIN_TTL_S <= args.ttl <= MAX_TTL_S:
+        raise ConfigError([f"--ttl {args.ttl:g}: use {MIN_TTL_S}..{MAX_TTL_S} seconds"])
+    png = _png_target(args.png) if args.png else None
+    key = load_backend_key_dir(backend_key_dir(args.key_dir))
+    token = issue_claim_token(key, args.subject, args.ttl, time.time())
+    if png is not None:
+        import cv2
+
+        try:
+            written = bool(cv2.imwrite(str(png), qr_image(token)))
+        except cv2.error:
+            written = False
+        if not written:
+            raise ConfigError([f"--png {args.png}: could not write the PNG; check the path"])
+    print(token)
+    return EXIT_OK
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edge.backend.bench import run_bench
 
@@ -199,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     commands = {"run": _cmd_run, "ledger": _cmd_ledger, "devices": _cmd_devices,
-                "bench": _cmd_bench}  # fmt: skip
+                "keys": _cmd_keys, "claims": _cmd_claims, "bench": _cmd_bench}  # fmt: skip
     try:
         return commands[args.command](args)
     except ConfigError as exc:

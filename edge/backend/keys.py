@@ -12,19 +12,50 @@ from edge.trust.sealed import raw_public
 
 BACKEND_KEY_FILE = "backend-signing.key"
 BACKEND_PUB_FILE = "backend-signing.pub"
+ENV_BACKEND_KEYS = "FACEGATE_BACKEND_KEYS"  # default key directory of `facegate-backend`
+
+
+def backend_key_dir(arg: str | None) -> Path:
+    """The backend key directory: `--key-dir` wins over $FACEGATE_BACKEND_KEYS; else an error."""
+    raw = arg or os.environ.get(ENV_BACKEND_KEYS, "")
+    if not raw:
+        raise KeyStoreError(
+            f"no backend key directory; pass --key-dir DIR or set ${ENV_BACKEND_KEYS}"
+        )
+    return Path(raw).expanduser()
+
+
+def load_backend_key_dir(directory: Path) -> Ed25519PrivateKey:
+    """The signing key in `directory`; a missing one names `facegate-backend keys init`."""
+    key_path = Path(directory) / BACKEND_KEY_FILE
+    if not key_path.exists():
+        raise KeyStoreError(
+            f"no backend key {key_path}; run `facegate-backend keys init --key-dir {directory}` "
+            f"or point --key-dir / ${ENV_BACKEND_KEYS} at the directory that holds it"
+        )
+    return load_backend_signing_key(key_path)
 
 
 def generate_backend_keys(directory: Path) -> Ed25519PrivateKey:
     """Create `backend-signing.key` (0600, raw) and `backend-signing.pub` (hex) in `directory`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path = directory / BACKEND_KEY_FILE
     key = Ed25519PrivateKey.generate()
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot create key directory {directory} ({exc.strerror}); give a writable --key-dir"
+        ) from None
     try:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise KeyStoreError(
             f"{key_path} already exists; backend keys are never overwritten"
+        ) from None
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot create {key_path} ({exc.strerror}); give a writable --key-dir"
         ) from None
     try:
         os.fchmod(fd, 0o600)

@@ -1,4 +1,8 @@
-"""Device identity: Ed25519 signing key, X25519 sealing key and the AES-256 template key.
+"""Device identity: Ed25519 signing key, X25519 sealing key, the AES-256 template key, and the
+subject-id key (HMAC-SHA256, shared with the back office: card and phone numbers -> subject ids).
+
+The subject-id key is optional: a key set made before it existed keeps loading (with
+`subject_key=None`); `edge.trust.subject_ids` says how to provision it when a number is hashed.
 
 Two places the keys can come from:
 - systemd credentials (`LoadCredentialEncrypted=`): when `$CREDENTIALS_DIRECTORY` is set (or a
@@ -15,6 +19,7 @@ key to every local account.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass
@@ -38,6 +43,9 @@ CREDENTIAL_NAMES = {
     "sealing": "facegate-sealing.key",
     "template": "facegate-template.key",
 }
+# Optional, so kept out of the two maps above (every name there must be present).
+SUBJECT_KEY_FILE = "subject-id.key"
+SUBJECT_KEY_CREDENTIAL = "facegate-subject-id.key"
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class DeviceKeys:
     signing_key: Ed25519PrivateKey
     sealing_key: X25519PrivateKey
     template_key: bytes  # 32 bytes, AES-256-GCM
+    subject_key: bytes | None = None  # 32 bytes, HMAC-SHA256 subject ids; None = not provisioned
 
     def __repr__(self) -> str:  # keep key material out of tracebacks and logs
         return f"DeviceKeys(device_id={self.device_id!r})"
@@ -74,7 +83,10 @@ def init_keys(state_dir: Path, device_id: str) -> DeviceKeys:
     if not device_id:
         raise KeyStoreError("device id is empty; set [device] id in the config")
     kdir = keys_dir(state_dir)
-    existing = [n for n in (*FILE_NAMES.values(), DEVICE_ID_FILE) if (kdir / n).exists()]
+    names = (*FILE_NAMES.values(), DEVICE_ID_FILE)
+    existing = [n for n in names if (kdir / n).exists()]
+    if len(existing) == len(names) and not (kdir / SUBJECT_KEY_FILE).exists():
+        return _add_subject_key(state_dir, device_id)
     if existing:
         raise KeyStoreError(
             f"{kdir / existing[0]} already exists; device keys are never overwritten "
@@ -92,17 +104,35 @@ def init_keys(state_dir: Path, device_id: str) -> DeviceKeys:
     signing = Ed25519PrivateKey.generate()
     sealing = X25519PrivateKey.generate()
     template = os.urandom(KEY_BYTES)
+    subject = os.urandom(KEY_BYTES)
     try:
         _write_secret(kdir / FILE_NAMES["signing"], signing.private_bytes_raw())
         _write_secret(kdir / FILE_NAMES["sealing"], sealing.private_bytes_raw())
         _write_secret(kdir / FILE_NAMES["template"], template)
+        _write_secret(kdir / SUBJECT_KEY_FILE, subject)
         _write_secret(kdir / DEVICE_ID_FILE, device_id.encode("utf-8") + b"\n")
     except OSError as exc:
         raise KeyStoreError(
             f"cannot write keys in {kdir} ({exc.strerror}); check disk space and permissions"
         ) from None
     _fsync_dir(kdir)
-    return DeviceKeys(device_id, signing, sealing, template)
+    return DeviceKeys(device_id, signing, sealing, template, subject)
+
+
+def _add_subject_key(state_dir: Path, device_id: str) -> DeviceKeys:
+    """A key set from before subject ids: add only the missing subject-id key (no overwrite)."""
+    keys = _load_key_files(state_dir, device_id)  # checks modes and the device id first
+    kdir = keys_dir(state_dir)
+    subject = os.urandom(KEY_BYTES)
+    try:
+        _write_secret(kdir / SUBJECT_KEY_FILE, subject)
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot write {kdir / SUBJECT_KEY_FILE} ({exc.strerror}); check disk space and "
+            "permissions"
+        ) from None
+    _fsync_dir(kdir)
+    return dataclasses.replace(keys, subject_key=subject)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -150,13 +180,23 @@ def _read_key(path: Path, what: str) -> bytes:
     )
 
 
-def _assemble(device_id: str, sign: bytes, seal: bytes, tmpl: bytes) -> DeviceKeys:
+def _assemble(
+    device_id: str, sign: bytes, seal: bytes, tmpl: bytes, subject: bytes | None
+) -> DeviceKeys:
     return DeviceKeys(
         device_id=device_id,
         signing_key=Ed25519PrivateKey.from_private_bytes(sign),
         sealing_key=X25519PrivateKey.from_private_bytes(seal),
         template_key=tmpl,
+        subject_key=subject,
     )
+
+
+def _read_optional_key(path: Path, what: str) -> bytes | None:
+    # Absent = not provisioned (older key sets); present but bad = the same errors as the others.
+    if not os.path.lexists(path):
+        return None
+    return _read_key(path, what)
 
 
 def load_keys(state_dir: Path, device_id: str, credentials_dir: Path | None = None) -> DeviceKeys:
@@ -166,8 +206,12 @@ def load_keys(state_dir: Path, device_id: str, credentials_dir: Path | None = No
     if credentials_dir is not None:
         cdir = Path(credentials_dir)
         sign, seal, tmpl = (_read_key(cdir / CREDENTIAL_NAMES[k], k) for k in FILE_NAMES)
-        return _assemble(device_id, sign, seal, tmpl)
+        subject = _read_optional_key(cdir / SUBJECT_KEY_CREDENTIAL, "subject-id")
+        return _assemble(device_id, sign, seal, tmpl, subject)
+    return _load_key_files(state_dir, device_id)
 
+
+def _load_key_files(state_dir: Path, device_id: str) -> DeviceKeys:
     kdir = keys_dir(state_dir)
     try:
         st = os.stat(kdir)
@@ -182,6 +226,7 @@ def load_keys(state_dir: Path, device_id: str, credentials_dir: Path | None = No
         ) from None
     _check_private(kdir, st, is_dir=True)
     sign, seal, tmpl = (_read_key(kdir / FILE_NAMES[k], k) for k in FILE_NAMES)
+    subject = _read_optional_key(kdir / SUBJECT_KEY_FILE, "subject-id")
     id_file = kdir / DEVICE_ID_FILE
     if id_file.exists():
         # Keys made for another device id would make every template fail its AAD check;
@@ -192,7 +237,7 @@ def load_keys(state_dir: Path, device_id: str, credentials_dir: Path | None = No
                 f"keys in {kdir} belong to device {owner!r}, config says {device_id!r}; "
                 f"set [device] id = {owner!r} or re-provision this device"
             )
-    return _assemble(device_id, sign, seal, tmpl)
+    return _assemble(device_id, sign, seal, tmpl, subject)
 
 
 def public_keys(keys: DeviceKeys) -> dict[str, str]:
