@@ -51,7 +51,8 @@ def generate_backend_keys(directory: Path) -> Ed25519PrivateKey:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise KeyStoreError(
-            f"{key_path} already exists; backend keys are never overwritten"
+            f"{key_path} already exists; backend keys are never overwritten "
+            "(`facegate-backend keys public` prints its public key)"
         ) from None
     except OSError as exc:
         raise KeyStoreError(

@@ -4,11 +4,9 @@
     {"phone": "13800138000"}                                 from the keypad
     -> {"ok": true}  or  {"ok": false, "error": "..."}
 
-The amount and the phone number may come in either order, on one connection or two, and in one
-line or two; each waits for the other for `timeout_s` seconds, and a newer one replaces a
-waiting one. The pair becomes a claim (method "phone") for the subject id keyed-hashed from the
-number at once (`edge.trust.subject_ids`); the number itself is never kept, echoed or logged.
-A bad line gets an error reply and changes nothing; clients come and go at will.
+The line protocol and the pairing of an amount with a phone number are in `bridge_lines`. Any
+number of clients (up to `max_clients` at once) connect, disconnect and reconnect at will; a bad
+line gets an error reply and changes nothing; the phone number is never echoed or logged.
 """
 
 from __future__ import annotations
@@ -22,22 +20,19 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from edge.errors import FacegateError
-from edge.kiosk.claims.base import MAX_AMOUNT, REF_RE, Claim
+from edge.kiosk.claims.base import MAX_AMOUNT
+from edge.kiosk.claims.bridge_lines import MAX_LINE_BYTES, PaymentPairing, parse_bridge_line
 from edge.kiosk.claims.queue import ClaimQueue
-from edge.trust.subject_ids import normalise_digits, require_subject_key, subject_from_number
+from edge.trust.subject_ids import require_subject_key
 
 log = logging.getLogger(__name__)
-MAX_LINE_BYTES = 1024
 MAX_CLIENTS = 8
 SOCKET_MODE = 0o660
 _POLL_S = 0.25  # how often blocked threads look at the stop flag
-_KEYS = {"amount", "currency", "ref", "phone"}
 _OK = b'{"ok": true}\n'
 
 
@@ -45,49 +40,6 @@ class BridgeError(FacegateError):
     """The bridge socket cannot be served (path, permissions, another kiosk on it)."""
 
     prefix = "config error"
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def parse_amount(value: object, max_amount: float = MAX_AMOUNT) -> Decimal:
-    """A positive amount in major units, at most 2 decimal places; ValueError saying what is bad."""
-    if isinstance(value, str) and len(value) <= 32:
-        try:
-            value = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError('amount must be a decimal like "42.00"') from None
-    if not isinstance(value, Decimal) or not value.is_finite():
-        raise ValueError('amount must be a decimal like "42.00"')
-    if not Decimal(0) < value <= Decimal(str(max_amount)):
-        raise ValueError(f"amount must be above 0 and at most {max_amount:g}")
-    cents = value.quantize(Decimal("0.01"))  # in range, so well within Decimal's precision
-    if cents != value:
-        raise ValueError("amount has more than 2 decimal places")
-    return cents
-
-
-def parse_phone(value: object) -> str:
-    """6-15 digits (spaces, '-' and a leading '+' allowed); ValueError never holding the number."""
-    if not isinstance(value, str):
-        raise ValueError("phone must be a string of 6-15 digits")
-    try:
-        digits = normalise_digits(value)
-    except ValueError:
-        raise ValueError("phone must be 6-15 digits") from None
-    if not 6 <= len(digits) <= 15:
-        raise ValueError("phone must be 6-15 digits")
-    return digits
-
-
-class _Pairing:
-    """The waiting amount and the waiting subject (from a phone), each with its time in s."""
-
-    def __init__(self) -> None:
-        self.amount: tuple[Decimal, str, float] | None = None  # amount, ref, t
-        self.subject: tuple[str, float] | None = None  # hashed phone, t
-        self.superseded = 0
 
 
 class BridgeServer:
@@ -111,8 +63,8 @@ class BridgeServer:
         self.currency, self.max_amount, self.timeout_s = currency, max_amount, timeout_s
         self._clock = clock
         self._max_clients = max_clients
-        self._lock = threading.Lock()
-        self._pair = _Pairing()
+        self._lock = threading.Lock()  # guards _clients
+        self._pairing = PaymentPairing(timeout_s)
         self._clients: set[socket.socket] = set()
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
@@ -274,74 +226,24 @@ class BridgeServer:
     def handle_line(self, line: bytes) -> bytes:
         """One request line (without its newline) -> the reply line (with its newline)."""
         try:
-            self._apply(self._parse(line))
+            parsed = parse_bridge_line(line, self._key, currency=self.currency,
+                                       max_amount=self.max_amount)  # fmt: skip
         except ValueError as exc:
             self.lines_bad += 1
             log.warning("claims bridge line refused: %s", exc)  # the reason, never the line
             return _error(str(exc))
         self.lines_ok += 1
-        return _OK
-
-    def _parse(self, line: bytes) -> dict[str, Any]:
-        line = line.rstrip(b"\r")
-        if len(line) > MAX_LINE_BYTES:
-            raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
-        try:
-            msg = json.loads(line.decode("utf-8"), parse_float=Decimal, parse_int=Decimal,
-                             parse_constant=_no_constant)  # fmt: skip
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise ValueError("not a JSON line") from None
-        if not isinstance(msg, dict):
-            raise ValueError("a line must be one JSON object")
-        if set(msg) - _KEYS:
-            raise ValueError("unknown key; allowed: amount, currency, ref, phone")
-        if "amount" not in msg and "phone" not in msg:
-            raise ValueError("send an amount (POS) or a phone (keypad)")
-        if "amount" not in msg and ("currency" in msg or "ref" in msg):
-            raise ValueError("currency and ref go with an amount")
-        out: dict[str, Any] = {}
-        if "amount" in msg:
-            out["amount"] = parse_amount(msg["amount"], self.max_amount)
-            currency = msg.get("currency", self.currency)
-            if currency != self.currency:
-                raise ValueError(f"currency must be {self.currency}")
-            ref = msg.get("ref", "")
-            if not isinstance(ref, str) or (ref and not REF_RE.fullmatch(ref)):
-                raise ValueError("ref must be 1-64 of [A-Za-z0-9_.:-]")
-            out["ref"] = ref
-        if "phone" in msg:
-            out["subject"] = subject_from_number("phone", parse_phone(msg["phone"]), self._key)
-        return out
-
-    def _apply(self, msg: dict[str, Any]) -> None:
         t = self._clock()
-        with self._lock:
-            pair = self._pair
-            if pair.amount is not None and t - pair.amount[2] >= self.timeout_s:
-                pair.amount = None
-            if pair.subject is not None and t - pair.subject[1] >= self.timeout_s:
-                pair.subject = None
-            if "amount" in msg:
-                pair.superseded += pair.amount is not None
-                pair.amount = (msg["amount"], msg["ref"], t)
-            if "subject" in msg:
-                pair.superseded += pair.subject is not None
-                pair.subject = (msg["subject"], t)
-            if pair.amount is None or pair.subject is None:
-                return
-            (amount, ref, _), (subject, _) = pair.amount, pair.subject
-            pair.amount = pair.subject = None
+        claim = self._pairing.add(parsed, t)
+        if claim is not None:
             self.claims += 1
-        self._queue.offer(Claim(subject, float(amount), ref, "phone"), t)
-        log.info("claims bridge: payment claim ready")
+            self._queue.offer(claim, t)
+            log.info("claims bridge: payment claim ready")
+        return _OK
 
     def pending(self) -> tuple[bool, bool]:
         """(amount waiting, phone waiting) at the bridge's clock."""
-        t = self._clock()
-        with self._lock:
-            a, s = self._pair.amount, self._pair.subject
-            return (a is not None and t - a[2] < self.timeout_s,
-                    s is not None and t - s[1] < self.timeout_s)  # fmt: skip
+        return self._pairing.pending(self._clock())
 
 
 def _error(text: str) -> bytes:
