@@ -233,7 +233,7 @@ def test_the_score_is_the_mean_of_the_two_models(
     face = largest_face(pipeline, image)
     v2, v1se = scorer.model_scores(image, face)
     assert 0.0 <= v2 <= 1.0 and 0.0 <= v1se <= 1.0
-    assert scorer.score(image, face) == pytest.approx((v2 + v1se) / 2)
+    assert scorer.score(image, face) == pytest.approx((v2 * v1se) ** 0.5)
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,13 @@
 
 Two MiniFASNet classifiers from Silent-Face-Anti-Spoofing (Apache-2.0, converted to TFLite and
 checked against the original PyTorch weights, models/README.md) each look at one 80x80 BGR crop
-of the face and its surroundings: MiniFASNetV2 at 2.7x the face box, MiniFASNetV1SE at 4.0x.
-The score is the mean of their class-1 ("real face") softmax, as in the source project. They see
-recapture cues (screen moire and glare, bezels, paper texture); a digital image fed straight in
-as frames carries none of those, and on the developer data masks, cut-outs and one glossy held
-print also score as real, so the motion rule and the blink must catch those.
+of the face and its surroundings: MiniFASNetV2 at 2.7x the face box, MiniFASNetV1SE at 4.0x. The
+score is the geometric mean of their class-1 ("real face") softmax: both must call the face real
+(the source project averages them; the geometric mean, calibrated in models/README.md, kept
+every replay session of the developer data 0.16 below the threshold where the plain mean let one
+through). They see recapture cues (screen moire and glare, bezels, paper texture); a digital
+image fed straight in as frames carries none of those, and on the developer data masks, cut-outs
+and one glossy held print also score as real, so the motion rule and the blink must catch those.
 """
 
 from __future__ import annotations
@@ -190,9 +192,9 @@ class PassiveScorer:
 
     def score(self, image_rgb: NDArray[np.uint8], box: FaceBox) -> float:
         """Real-face score in [0, 1] of the face in `box` of an (H, W, 3) uint8 RGB frame: the
-        mean of the two models' class-1 softmax (high = real, low = presentation attack)."""
+        geometric mean of the two models' class-1 softmax (high = real, low = attack)."""
         v2, v1se = self.model_scores(image_rgb, box)
-        return (v2 + v1se) / 2
+        return math.sqrt(v2 * v1se)
 
     def close(self) -> None:
         """Release both interpreters; later calls to `score` raise ModelError."""
