@@ -173,8 +173,8 @@ class Rig:
         proc = start_worker(
             self.broker.url, self.db, client_id, log, *self.tls_args(device=False)
         )
+        self.workers[client_id] = proc  # before the wait: a teardown must find it either way
         wait_subscribed(log, proc, times=seen + 1)
-        self.workers[client_id] = proc
         return proc
 
     def publisher(self, count: int, *extra: str) -> subprocess.Popen[str]:
@@ -256,16 +256,25 @@ class Rig:
 
 
 def make_rig(tmp: Path, broker: Broker, db: str, n_workers: int = 2) -> Rig:
+    """Register a device and start the workers; on any failure the broker and the workers
+    started so far are stopped (the rig never reaches `rig_factory`, which would)."""
     state = tmp / "kiosk-state"
     device = "kiosk-e2e"
-    pub = subprocess.run(
-        [*PUBLISHER, "pubkey", "--state-dir", str(state), "--device", device],
-        capture_output=True, text=True, check=True, cwd=REPO, timeout=30,
-    ).stdout.strip()  # fmt: skip
-    backend("devices", "add", device, pub, "--db", db)
     rig = Rig(broker, db, state, device, {}, tmp)
-    for i in range(n_workers):
-        rig.start_worker(f"backend-{i + 1}")
+    try:
+        pub = subprocess.run(
+            [*PUBLISHER, "pubkey", "--state-dir", str(state), "--device", device],
+            capture_output=True, text=True, check=True, cwd=REPO, timeout=30,
+        ).stdout.strip()  # fmt: skip
+        backend("devices", "add", device, pub, "--db", db)
+        for i in range(n_workers):
+            rig.start_worker(f"backend-{i + 1}")
+    except BaseException:
+        for proc in rig.workers.values():
+            proc.kill()
+            proc.wait()
+        broker.stop()
+        raise
     return rig
 
 
