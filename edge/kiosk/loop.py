@@ -40,12 +40,22 @@ from edge.session.lockout import LockoutStore
 from edge.session.verification import VerificationSession
 from edge.transport.outbox import Outbox, OutboxError, OutboxFullError
 from edge.trust.events import EventFactory
+from edge.vision.geometry import box_iou, box_size
 
 log = logging.getLogger(__name__)
 
 Display = Callable[[str], None]
 Embedding = NDArray[np.float32]
-COOLDOWN_NO_FACE_S = 1.0  # after a decision, wait for the person to step away this long
+# Queues: the person at the kiosk is a face with landmarks, centred (its centre in the middle
+# of the frame's width) and not much smaller than the largest face; a smaller face further back
+# never blocks. After a decision the next session starts once the decided face has left (no
+# such face for COOLDOWN_NO_FACE_S), or a face stands elsewhere, or the face in the same place
+# is someone else (its embedding below the match threshold against the decided face's).
+COOLDOWN_NO_FACE_S = 0.3
+CENTRAL_FRACTION = 0.6
+AT_KIOSK_SIZE_RATIO = 0.6
+SAME_PLACE_IOU = 0.3
+IDENTITY_CHECK_EVERY = 5  # frames between embeddings of the face in the decided place
 MAINTENANCE_EVERY_S = 3600.0
 SESSION_PROMPT_STATES = {"Please come closer": "closer", "Please step back": "step_back"}
 
@@ -144,6 +154,9 @@ class Kiosk:
         self._active: _Active | None = None
         self._cooldown_until_absent = False
         self._absent_since: float | None = None
+        self._decided_box: Any = None
+        self._decided_embedding: Embedding | None = None
+        self._cooldown_frames = 0
         self._last_maintenance = -1e18
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -264,9 +277,11 @@ class Kiosk:
         stats.decisions.append(summary)
         if self.debug_capture is not None and self._frame is not None:
             self.debug_capture.save(self._frame.image, f"{decision.decision}-{decision.reason}")
-        # Whatever happened, the next session waits until this person has stepped away.
+        # Whatever happened, the next session waits until this person has stepped away (or
+        # someone else is at the kiosk: `_next_person`).
         self._cooldown_until_absent = True
         self._absent_since = None
+        self._cooldown_frames = 0
         if not stored:
             self._prompt("Service unavailable - please pay or open with PIN or card", stats,
                          "service_unavailable")
@@ -329,23 +344,48 @@ class Kiosk:
             self._session_prompt(active.session, t, stats)
             if decision is not None:
                 self._active = None
+                self._decided_box = active.session.tracked_box
+                self._decided_embedding = active.vision.last
                 self._decide(active.claim, decision, active.refs, active.vision.last, stats,
                              faces_in_view=len(faces))
             return
-        if self._cooldown_until_absent:
-            if faces:
-                self._absent_since = None
-                return
-            self._absent_since = t if self._absent_since is None else self._absent_since
-            if t - self._absent_since < COOLDOWN_NO_FACE_S:
-                return
-            self._cooldown_until_absent = False
-        if not faces:
+        present = at_the_kiosk(faces, frame.image.shape[1])
+        if self._cooldown_until_absent and not self._next_person(frame, present):
+            return
+        self._cooldown_until_absent = False
+        if not present:
             self._prompt("Please look at the camera", stats)
-        elif len(faces) > 1:
+        elif len(present) > 1:
             self._prompt("One person at a time, please", stats, "one_person")
         else:
             self._start(frame, stats)
+
+    def _next_person(self, frame: Frame, present: list[Any]) -> bool:
+        """After a decision: has the decided person left, or is someone else at the kiosk?"""
+        t = frame.t_monotonic
+        same_place = [
+            o for o in present
+            if self._decided_box is not None and box_iou(o.box, self._decided_box) >= SAME_PLACE_IOU
+        ]  # fmt: skip
+        if not present:
+            self._absent_since = t if self._absent_since is None else self._absent_since
+            return t - self._absent_since >= COOLDOWN_NO_FACE_S
+        self._absent_since = None
+        if len(present) == 1 and not same_place:
+            return True  # a face stands where the decided one did not: the next person
+        if len(same_place) != 1 or self._decided_embedding is None or self.vision is None:
+            return False
+        self._cooldown_frames += 1
+        if self._cooldown_frames % IDENTITY_CHECK_EVERY:
+            return False
+        marks = same_place[0].landmarks
+        try:
+            probe = self.vision.embed(frame.image, marks)
+        except FacegateError as exc:
+            log.warning("identity check after a decision skipped: %s", exc)
+            return False
+        similarity = float(np.dot(probe, self._decided_embedding))
+        return similarity < self.cfg.verify.threshold  # not the decided person: start anew
 
     def run(self, max_frames: int | None = None) -> KioskStats:
         stats = KioskStats()
@@ -383,6 +423,21 @@ class Kiosk:
             stats.elapsed_s = self.clock() - t_start
             self.notifier.stopping()
         return stats
+
+
+def at_the_kiosk(faces: Sequence[Any], frame_width: int) -> list[Any]:
+    """The faces that count as someone at the kiosk (module doc: centred, with landmarks, not
+    much smaller than the largest); faces too small for landmarks never count."""
+    marked = [o for o in faces if o.landmarks is not None]
+    if not marked:
+        return []
+    largest = max(box_size(o.box) for o in marked)
+    margin = (1.0 - CENTRAL_FRACTION) / 2 * frame_width
+    return [
+        o for o in marked
+        if box_size(o.box) >= AT_KIOSK_SIZE_RATIO * largest
+        and margin <= (o.box.x1 + o.box.x2) / 2 <= frame_width - margin
+    ]  # fmt: skip
 
 
 def install_signal_handlers(kiosk: Kiosk) -> None:

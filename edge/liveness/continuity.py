@@ -9,6 +9,10 @@ from edge.vision.geometry import BoxLike, box_iou, box_size
 MAX_GAP_S = 0.25
 # Largest plausible change of box size between two frames of one track (a factor).
 MAX_SCALE_STEP = 1.3
+# A second face breaks the track only when it is at least this share of the tracked face's
+# size: someone stepping in beside the person. A face further back in a queue is smaller and is
+# no threat to the session (and must not stall a fare gate).
+SECOND_FACE_RATIO = 0.6
 
 
 class ContinuityMonitor:
@@ -27,13 +31,12 @@ class ContinuityMonitor:
         self, t: float, boxes: list[BoxLike]
     ) -> tuple[int | None, str | None]:
         """Index into `boxes` of the tracked face (or None) and a violation reason (or None)."""
-        big = [i for i, b in enumerate(boxes) if box_size(b) >= self.min_face_px]
         if self._last is None:
             if not boxes:
                 return None, None
             first = max(range(len(boxes)), key=lambda i: box_size(boxes[i]))
             self._last = (t, boxes[first])
-            if len([i for i in big if i != first]) > 0:
+            if any(i != first for i in self._rivals(boxes, boxes[first])):
                 return first, "face_changed"
             return first, None
         last_t, last_box = self._last
@@ -44,7 +47,7 @@ class ContinuityMonitor:
         best = max(range(len(boxes)), key=lambda i: box_iou(boxes[i], last_box))
         box = boxes[best]
         self._last = (t, box)
-        if any(i != best for i in big):
+        if any(i != best for i in self._rivals(boxes, box)):
             return best, "face_changed"
         if box_iou(box, last_box) < self.min_iou:
             return best, "face_changed"
@@ -52,3 +55,13 @@ class ContinuityMonitor:
         if step > MAX_SCALE_STEP or step < 1.0 / MAX_SCALE_STEP:
             return best, "face_changed"
         return best, None
+
+    @property
+    def last_box(self) -> BoxLike | None:
+        """The tracked face's latest box."""
+        return None if self._last is None else self._last[1]
+
+    def _rivals(self, boxes: list[BoxLike], tracked: BoxLike) -> list[int]:
+        """Faces big enough to be a second person at the kiosk (module constants)."""
+        floor = max(self.min_face_px, SECOND_FACE_RATIO * box_size(tracked))
+        return [i for i, b in enumerate(boxes) if box_size(b) >= floor]

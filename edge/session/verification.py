@@ -31,7 +31,7 @@ from edge.liveness.motion import MotionMonitor
 from edge.session.decision import Decision, challenge_required
 from edge.session.lockout import LockoutStore
 from edge.session.ports import LandmarksLike, ObservationLike, QualityLike, SessionVision
-from edge.vision.geometry import box_size
+from edge.vision.geometry import BoxLike, box_size
 
 Embedding = NDArray[np.float32]
 
@@ -129,6 +129,11 @@ class VerificationSession:
         self._pad_last_t = -math.inf
         self._passive_motion = MotionMonitor(lv.passive_min_s, lv.passive_motion_px)
         self._acquired_t = 0.0
+
+    @property
+    def tracked_box(self) -> BoxLike | None:
+        """The box of the face this session tracks (None before acquisition)."""
+        return self._continuity.last_box
 
     @property
     def challenge_window_end_t(self) -> float | None:
