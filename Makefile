@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: setup
-	$(BIN)/facegate run --config config/demo.toml
+	$(BIN)/facegate demo --config config/demo.toml
 
 test: setup
 	$(BIN)/python -m pytest -q

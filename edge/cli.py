@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claims-from", metavar="PATH",
                    help="read claim lines 'SUBJECT [AMOUNT] [REF]' from a file/FIFO ('-': stdin)")
     p.set_defaults(handler="run")
+    p = sub.add_parser("demo", parents=[common],
+                       help="enrol, verify, reject an attack on the clip shipped with facegate")
+    p.add_argument("--keep", action="store_true", help="keep the demo's state directory")
+    p.add_argument("--no-display", action="store_true", help="do not serve the prompt page")
+    p.set_defaults(handler="demo")
 
     p = sub.add_parser("enroll", parents=[common], help="enrol a subject on this device")
     p.add_argument("subject")

@@ -1,4 +1,5 @@
-"""Where `make demo` finds something to look at when no camera source is configured."""
+"""Where `make demo` finds something to look at when no camera source is configured: the clip
+shipped inside the package (MIT, demo_clip/NOTICE.md), or a sample under the research data."""
 
 from __future__ import annotations
 
@@ -24,8 +25,24 @@ def data_roots() -> list[Path]:
     return roots
 
 
+EMBEDDED_CLIP = "liveportrait_d10_30fps.mp4"
+
+
+def embedded_clip() -> Path:
+    """The demo clip that ships inside the package (SourceError if the install lost it)."""
+    path = Path(__file__).resolve().parent / "demo_clip" / EMBEDDED_CLIP
+    if not path.is_file():
+        raise SourceError(f"the embedded demo clip {path} is missing; reinstall facegate")
+    return path
+
+
 def default_source_uri(roots: Sequence[Path] | None = None) -> str:
-    """A replay URI for the demo: a sample video under $FACEGATE_DATA or ../shared/data."""
+    """A replay URI for the demo: the embedded clip, else a sample video under $FACEGATE_DATA
+    or ../shared/data."""
+    try:
+        return f"file:{embedded_clip()}"
+    except SourceError:
+        pass
     for root in data_roots() if roots is None else roots:
         for rel in DEMO_VIDEOS:
             if (root / rel).is_file():
