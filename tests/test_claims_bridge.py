@@ -197,7 +197,28 @@ def test_clients_come_and_go_several_at_once(
         assert q.poll() == Claim(SUBJECT, float(round_ + 1), "", "phone")
         for c in clients:
             c.close()
-    wait_until(lambda: not srv._clients, 5, "every client thread to end")
+        # the server notices each hang-up: the next round is not refused as "too many clients"
+        wait_until(lambda: not srv._clients, 5, "every client thread to end")
+    assert srv.refused_clients == 0
+
+
+def test_clients_beyond_the_limit_get_an_error_reply_and_the_others_keep_working(
+    sock_path: Path,
+) -> None:
+    q = ClaimQueue(timeout_s=20)
+    with BridgeServer(sock_path, q, KEY, max_clients=2) as srv:
+        a, b = Client(sock_path), Client(sock_path)
+        assert a.send({"amount": "1.00"}) == {"ok": True}
+        extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        extra.settimeout(5)
+        extra.connect(str(sock_path))
+        reply = extra.makefile("rb").readline()
+        assert json.loads(reply) == {"ok": False, "error": "too many bridge clients"}
+        extra.close()
+        assert b.send({"phone": PHONE}) == {"ok": True}
+        assert q.poll() == Claim(SUBJECT, 1.0, "", "phone") and srv.refused_clients == 1
+        a.close()
+        b.close()
 
 
 def test_socket_is_0660_and_removed_on_close(sock_path: Path) -> None:

@@ -171,3 +171,11 @@ def test_regular_file_ends_at_eof(tmp_path: Path) -> None:
     claims = LineClaims(path)
     claims._thread.join(5)
     assert not claims._thread.is_alive() and claims.poll() == Claim("s-1", None, "", "pos")
+
+
+def test_line_without_end_in_a_file_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "claims.txt"
+    path.write_text("s-" + "x" * 3_000_000 + "\ns-after\n")
+    claims = LineClaims(path)
+    claims._thread.join(10)
+    assert claims.rejected == 1 and claims.poll() == Claim("s-after", None, "", "pos")

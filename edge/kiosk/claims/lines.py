@@ -92,7 +92,7 @@ class LineClaims:
         try:
             for stream in self._streams(source):
                 try:
-                    for line in stream:
+                    for line in self._bounded(stream):
                         if self._stop.is_set():
                             return
                         self._line(line)
@@ -104,6 +104,19 @@ class LineClaims:
                         close()
         except (OSError, ValueError) as exc:  # a stream that fails for good: say so once, end
             log.error("claim lines stopped: %s", type(exc).__name__)
+
+    def _bounded(self, stream: Iterable[str]) -> Iterator[str]:
+        # readline(limit) where the stream has it, so a line without end never fills memory.
+        readline: Callable[[int], str] | None = getattr(stream, "readline", None)
+        if readline is None:
+            yield from stream
+            return
+        while line := readline(MAX_LINE_CHARS + 1):
+            if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+                while line and not line.endswith("\n"):  # drop the rest of the overlong line
+                    line = readline(MAX_LINE_CHARS + 1)
+                line = "\0" * (MAX_LINE_CHARS + 1)  # refused below as overlong
+            yield line
 
     def _line(self, line: str) -> None:
         if not line.strip():
