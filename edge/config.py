@@ -156,7 +156,6 @@ class MqttConfig:
     max_inflight: int = _f(20, lo=1, hi=1000)
     reconnect_min_s: float = _f(0.5, lo=0.05, hi=60.0)
     reconnect_max_s: float = _f(30.0, lo=0.1, hi=3600.0)
-    backend_public_key: str = _f("")  # hex Ed25519 key that signs downlink commands
 
 
 @dataclass(frozen=True)
@@ -314,6 +313,10 @@ def _check_scalar(path: str, value: Any, tp: Any, meta: Any, problems: list[str]
     return value
 
 
+# Keys that moved: a config still using the old place is told the new one.
+MOVED = {"mqtt.backend_public_key": "[backend] public_key (the one place for the backend key)"}
+
+
 def _build(cls: Any, data: Any, prefix: str, problems: list[str]) -> Any:
     if not isinstance(data, dict):
         problems.append(f"{prefix or 'config'}: must be a table")
@@ -324,6 +327,9 @@ def _build(cls: Any, data: Any, prefix: str, problems: list[str]) -> Any:
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else key
         if key not in fields:
+            if path in MOVED:
+                problems.append(f"{path}: moved; set {MOVED[path]} instead")
+                continue
             allowed = ", ".join(sorted(fields))
             problems.append(f"{path}: unknown key (allowed here: {allowed})")
             continue

@@ -293,7 +293,7 @@ SEALED_FAULTS = {
     "empty": ("not a sealed template", "check the file"),
     "truncated": ("truncated", "fresh copy"),
     "one-flipped-byte": ("does not verify", "request a fresh copy"),
-    "signed-by-another-backend": ("does not verify", "check mqtt.backend_public_key"),
+    "signed-by-another-backend": ("does not verify", "check [backend] public_key"),
     "sealed-for-another-device": (
         "sealed for device 'kiosk-other-0002'", "request a template sealed for this device"
     ),
@@ -313,7 +313,7 @@ def test_bad_sealed_template_file_is_refused_in_one_line_and_the_store_is_untouc
     conf = tmp_path / "sync.toml"
     conf.write_text(
         (tmp_path / "kiosk.toml").read_text().replace(
-            "[mqtt]\n", f'[mqtt]\nbackend_public_key = "{backend_hex}"\n'
+            "[mqtt]\n", f'[backend]\npublic_key = "{backend_hex}"\n[mqtt]\n'
         )
     )
     env = cli_env(conf, tmp_path / "tmp")
@@ -333,7 +333,7 @@ def test_the_good_sealed_file_of_those_variants_imports(
     conf = tmp_path / "sync.toml"
     conf.write_text(
         (tmp_path / "kiosk.toml").read_text().replace(
-            "[mqtt]\n", f'[mqtt]\nbackend_public_key = "{backend_hex}"\n'
+            "[mqtt]\n", f'[backend]\npublic_key = "{backend_hex}"\n[mqtt]\n'
         )
     )
     proc = facegate(cli_env(conf, tmp_path / "tmp"), "templates", "import", str(good))

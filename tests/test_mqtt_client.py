@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.backend.commands import sign_command
-from edge.config import Config, DeviceConfig, MqttConfig
+from edge.config import BackendConfig, Config, DeviceConfig, MqttConfig
 from edge.kiosk.uplink import link_for_kiosk
 from edge.transport.mqtt import Backoff, MqttLink
 from edge.transport.outbox import Outbox
@@ -56,7 +56,6 @@ def mqtt_cfg(broker: Broker, **over: Any) -> MqttConfig:
         port=broker.port,
         reconnect_min_s=0.05,
         reconnect_max_s=0.3,
-        backend_public_key=BACKEND.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex(),
     )
     return dataclasses.replace(base, **over)
 
@@ -305,9 +304,11 @@ def test_signed_commands_are_dispatched_once_and_bad_ones_refused_and_audited(
     broker: Broker, outbox: Outbox, state_dir: Path
 ) -> None:
     seen: list[Command] = []
+    backend_hex = BACKEND.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
     cfg = dataclasses.replace(
-        Config(), mqtt=mqtt_cfg(broker), device=DeviceConfig(id=DEVICE, site=SITE)
-    )
+        Config(), mqtt=mqtt_cfg(broker), device=DeviceConfig(id=DEVICE, site=SITE),
+        backend=BackendConfig(public_key=backend_hex),
+    )  # fmt: skip
     link = link_for_kiosk(cfg, KEY, outbox, handlers={"templates.revoke": seen.append})
     # The link has no "subscribed" signal of its own; its paho client's SUBACK callback is free.
     cmd_subscribed = threading.Event()

@@ -146,7 +146,7 @@ def test_backend_key_pair_files_round_trip_and_permissions(tmp_path: Path) -> No
     os.chmod(path, 0o644)
     with pytest.raises(KeyStoreError, match="chmod 600"):
         load_backend_signing_key(path)
-    with pytest.raises(KeyStoreError, match="backend_public_key"):
+    with pytest.raises(KeyStoreError, match="backend.public_key"):
         parse_backend_public_key("zz")
 
 

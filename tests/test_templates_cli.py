@@ -34,7 +34,7 @@ def test_operator_imports_lists_revokes_and_wipes_templates(
     backend = generate_backend_keys(tmp_path / "backend")
     cfg = tmp_path / "kiosk.toml"
     cfg.write_text(
-        f'[device]\nid = "kiosk-7"\n[mqtt]\nbackend_public_key = "{backend_public_hex(backend)}"\n'
+        f'[device]\nid = "kiosk-7"\n[backend]\npublic_key = "{backend_public_hex(backend)}"\n'
     )
     env = {**os.environ, "FACEGATE_STATE_DIR": str(state_dir), "FACEGATE_CONFIG": str(cfg)}
     env.pop("CREDENTIALS_DIRECTORY", None)
@@ -92,7 +92,7 @@ def test_import_without_backend_key_configured_says_which_key_to_set(
     f = tmp_path / "x.sealed"
     f.write_bytes(b"FGST\x01")
     r = facegate(env, "templates", "import", str(f))
-    assert r.returncode == 2 and "mqtt.backend_public_key" in r.stderr
+    assert r.returncode == 2 and "backend.public_key" in r.stderr
 
 
 def test_wipe_destroys_a_store_too_damaged_to_open(state_dir: Path) -> None:

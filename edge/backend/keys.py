@@ -89,5 +89,5 @@ def load_backend_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def backend_public_hex(key: Ed25519PrivateKey) -> str:
-    """Hex of the backend's public key, the value of config `mqtt.backend_public_key`."""
+    """Hex of the backend's public key, the value of config `[backend] public_key`."""
     return raw_public(key.public_key()).hex()

@@ -6,13 +6,22 @@ import argparse
 import contextlib
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge.camera import open_source
 from edge.camera.demo import default_source_uri
 from edge.config import Config
-from edge.errors import FacegateError, KeyStoreError
+from edge.errors import ConfigError, FacegateError, KeyStoreError
 from edge.kiosk.actuators import make_actuator
-from edge.kiosk.claims import Claim, ClaimSource, FixedClaim, LineClaims, parse_claim_line
+from edge.kiosk.claims import (
+    Claim,
+    ClaimQueue,
+    ClaimSource,
+    FixedClaim,
+    LineClaims,
+    parse_claim_line,
+)
 from edge.kiosk.debug_capture import DebugCapture
 from edge.kiosk.loop import Kiosk, install_signal_handlers
 from edge.kiosk.presence import PresenceStore
@@ -20,8 +29,11 @@ from edge.session.lockout import LockoutStore
 from edge.templates.store import TemplateStore, db_path
 from edge.transport.outbox import OUTBOX_FILE, Outbox
 from edge.trust.events import EventFactory
-from edge.trust.keys import DeviceKeys, init_keys, keys_dir, load_keys
+from edge.trust.keys import DeviceKeys, init_keys, keys_dir, load_keys, parse_backend_public_key
 from edge.vision.pipeline import VisionPipeline
+
+if TYPE_CHECKING:
+    from edge.kiosk.claims.qr import QrClaimReader
 
 
 def _display(text: str) -> None:
@@ -39,26 +51,59 @@ def _keys(cfg: Config) -> DeviceKeys:
         return init_keys(cfg.state_dir, cfg.device.id)
 
 
-def _claims(args: argparse.Namespace, cfg: Config) -> ClaimSource | None:
+def _claims(
+    args: argparse.Namespace, cfg: Config, keys: DeviceKeys, stack: contextlib.ExitStack[Any]
+) -> tuple[ClaimSource | None, QrClaimReader | None]:
+    """The claim inputs the config and the command line name, all feeding one ClaimQueue
+    (newest wins, expiry, never carried over), and the QR reader the loop feeds idle frames."""
     if args.claim:
         try:
-            return FixedClaim(parse_claim_line(args.claim, "cli"))
+            return FixedClaim(parse_claim_line(args.claim, "cli")), None
         except ValueError as exc:
             raise FacegateError(f"--claim {args.claim.split()[0]!r}...: {exc}") from None
+    c = cfg.claims
+    queue = ClaimQueue(c.claim_timeout_s)
+    inputs = 0
     if args.claims_from:
-        if args.claims_from == "-":
-            return LineClaims(sys.stdin, "pos")
-        try:
-            stream = open(args.claims_from, encoding="utf-8", errors="replace")  # noqa: SIM115
-        except OSError as exc:
+        source: Any = sys.stdin if args.claims_from == "-" else Path(args.claims_from)
+        if isinstance(source, Path) and not source.exists():
             raise FacegateError(
-                f"--claims-from {args.claims_from}: cannot open ({exc.strerror}); give the FIFO "
-                "or file the POS / keypad bridge writes claim lines to, or '-' for stdin"
-            ) from None
-        return LineClaims(stream, "pos")
+                f"--claims-from {source}: no such file or FIFO; give the FIFO or file the POS / "
+                "keypad bridge writes claim lines to, or '-' for stdin"
+            )
+        lines = LineClaims(source, "pos", queue=queue, timeout_s=c.claim_timeout_s)
+        stack.callback(lines.close)
+        inputs += 1
+    if c.card_port:
+        from edge.kiosk.claims.card import CardReader
+
+        card = CardReader(c.card_port, c.card_baud, queue, keys.subject_key).start()
+        stack.callback(card.close)
+        inputs += 1
+    if c.bridge_socket:
+        from edge.kiosk.claims.bridge import BridgeServer
+
+        bridge = BridgeServer(c.bridge_socket, queue, keys.subject_key,
+                              currency=cfg.bakery.currency, timeout_s=c.claim_timeout_s).start()
+        stack.callback(bridge.close)
+        inputs += 1
+    qr = None
+    if c.qr:
+        if not cfg.backend.public_key:
+            raise ConfigError(["claims.qr = true needs [backend] public_key to check the tokens"])
+        from edge.kiosk.claims.qr import QrClaimReader
+        from edge.trust.claim_tokens import UsedTokens
+
+        used = UsedTokens(cfg.state_dir / "used-claim-tokens.sqlite")
+        stack.callback(used.close)
+        qr = QrClaimReader(parse_backend_public_key(cfg.backend.public_key), used,
+                           every_frames=c.qr_every_frames, queue=queue)  # fmt: skip
+        inputs += 1
+    if inputs:
+        return queue, qr
     if cfg.profile == "demo":
-        return FixedClaim(Claim("demo-visitor", None, "", "liveness"))
-    return None
+        return FixedClaim(Claim("demo-visitor", None, "", "liveness")), None
+    return None, None
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -71,8 +116,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = _keys(cfg)
     vision = VisionPipeline.from_config(cfg)
-    claims = _claims(args, cfg)
     with contextlib.ExitStack() as stack:
+        claims, qr = _claims(args, cfg, keys, stack)
         source = open_source(uri, cfg.camera)
         stack.callback(source.close)
         store = stack.enter_context(TemplateStore(db_path(cfg.state_dir), keys))
@@ -108,6 +153,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             cfg, source, vision=vision, display=_display, claims=claims, store=store,
             outbox=outbox, factory=factory, actuator=make_actuator(cfg.actuator),
             lockout=lockout, presence=presence, debug_capture=capture, dispatcher=dispatcher,
+            qr=qr,
         )
         install_signal_handlers(kiosk)
         stats = kiosk.run(max_frames=args.max_frames)

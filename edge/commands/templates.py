@@ -40,7 +40,7 @@ def _import(store: TemplateStore, path: Path, cfg: Config) -> int:
         raw = path.read_bytes()
     except OSError as exc:
         raise TemplateError(f"cannot read {path} ({exc.strerror}); check the path") from None
-    backend = parse_backend_public_key(cfg.mqtt.backend_public_key)
+    backend = parse_backend_public_key(cfg.backend.public_key)
     info, changed = store.import_sealed(decode_sealed_file(raw), backend)
     verb = "imported" if changed else "already present:"
     print(f"{verb} {info.subject} version {info.version}, expires {info.as_dict()['expires']}")

@@ -70,6 +70,12 @@ class ReferenceStore(Protocol):
     def expire(self) -> list[str]: ...
 
 
+class QrReader(Protocol):
+    """edge.kiosk.claims.qr.QrClaimReader: scans 1 idle frame in N for a claim token."""
+
+    def on_idle_frame(self, image: Any, t: float) -> Any: ...
+
+
 class Vision(Protocol):
     def observe(self, image: Any) -> list[Any]: ...
     def quality(self, image: Any, obs: Any) -> Any: ...
@@ -135,6 +141,7 @@ class Kiosk:
         rng: random.Random | None = None,
         debug_capture: DebugCapture | None = None,
         dispatcher: Dispatcher | None = None,
+        qr: QrReader | None = None,
     ) -> None:
         self.cfg, self.source, self.vision, self.display = cfg, source, vision, display
         self.claims, self.store = claims, store
@@ -149,6 +156,7 @@ class Kiosk:
         # Kiosk states go out once, to every listener (the display page, ...); `display` is the
         # journal's plain-English line of the same state.
         self.dispatcher = dispatcher
+        self.qr = qr  # QR claim tokens read from idle frames (fare gate)
         self._frame: Frame | None = None
         self._last_prompt = ""
         self._active: _Active | None = None
@@ -277,6 +285,10 @@ class Kiosk:
         stats.decisions.append(summary)
         if self.debug_capture is not None and self._frame is not None:
             self.debug_capture.save(self._frame.image, f"{decision.decision}-{decision.reason}")
+        # A claim that arrived during this session is not carried over to the next person.
+        clear = getattr(self.claims, "clear", None)
+        if callable(clear):
+            clear()
         # Whatever happened, the next session waits until this person has stepped away (or
         # someone else is at the kiosk: `_next_person`).
         self._cooldown_until_absent = True
@@ -350,6 +362,7 @@ class Kiosk:
                              faces_in_view=len(faces))
             return
         present = at_the_kiosk(faces, frame.image.shape[1])
+        self._scan_qr(frame, stats)
         if self._cooldown_until_absent and not self._next_person(frame, present):
             return
         self._cooldown_until_absent = False
@@ -359,6 +372,20 @@ class Kiosk:
             self._prompt("One person at a time, please", stats, "one_person")
         else:
             self._start(frame, stats)
+
+    def _scan_qr(self, frame: Frame, stats: KioskStats) -> None:
+        """On frames with no session running: a shown QR claim token joins the claim queue
+        (the reader offers it); a refused one is shown with its reason."""
+        if self.qr is None:
+            return
+        try:
+            result = self.qr.on_idle_frame(frame.image, frame.t_monotonic)
+        except (FacegateError, ValueError) as exc:
+            log.warning("QR scan skipped: %s", exc)
+            return
+        if result is not None and result.refusal is not None:
+            self._prompt(f"Ticket refused ({result.refusal}) - please use a valid QR code or card",
+                         stats, "denied", reason=result.refusal)  # fmt: skip
 
     def _next_person(self, frame: Frame, present: list[Any]) -> bool:
         """After a decision: has the decided person left, or is someone else at the kiosk?"""

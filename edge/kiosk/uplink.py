@@ -18,8 +18,8 @@ from edge.trust.keys import DeviceKeys, parse_backend_public_key
 def start_link(cfg: Config, keys: DeviceKeys, outbox: Outbox) -> MqttLink:
     """A started link; template/config/wipe commands only when the backend key is configured."""
     handlers = None
-    if cfg.mqtt.backend_public_key:
-        backend = parse_backend_public_key(cfg.mqtt.backend_public_key)
+    if cfg.backend.public_key:
+        backend = parse_backend_public_key(cfg.backend.public_key)
         handlers = standard_handlers(lambda: TemplateStore(db_path(cfg.state_dir), keys), backend)
     link = link_for_kiosk(cfg, keys.signing_key, outbox, handlers)
     link.start()
@@ -41,4 +41,7 @@ def link_for_kiosk(
         factory=EventFactory(cfg.device.id, cfg.device.site, signing_key),
         handlers=handlers,
         guard=ReplayGuard(cfg.state_dir / DOWNLINK_FILE),
+        backend_public=(
+            parse_backend_public_key(cfg.backend.public_key) if cfg.backend.public_key else None
+        ),
     )

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -38,7 +39,6 @@ from edge.transport.topics import cmd_topic, status_topic
 from edge.trust.commands import Command, CommandError, verify_command
 from edge.trust.event_schema import EventError
 from edge.trust.events import EventFactory
-from edge.trust.keys import parse_backend_public_key
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 86_400  # the broker keeps our cmd subscription (and queued commands) a day
@@ -94,12 +94,11 @@ class MqttLink:
         announce_status: bool = True,
         persistent_session: bool = True,
         rng: random.Random | None = None,
+        backend_public: Ed25519PublicKey | None = None,
     ) -> None:
         self.cfg, self.device_id, self.site, self.outbox = cfg, device_id, site, outbox
         self._factory, self._handlers, self._guard = factory, dict(handlers or {}), guard
-        self._backend_key = (
-            parse_backend_public_key(cfg.backend_public_key) if cfg.backend_public_key else None
-        )
+        self._backend_key = backend_public  # checks downlink commands; None refuses them all
         self._announce, self._persistent = announce_status, persistent_session
         self._last_poll = 0.0
         self._connected_at = -1e9

@@ -2,7 +2,7 @@
 
 A command is canonical JSON `{v:1, device, type, seq, ts, nonce, body, sig}`; `sig` is the
 backend's Ed25519 signature (hex) over the canonical bytes without `sig`. The device accepts a
-command only if the signature verifies against `mqtt.backend_public_key`, it is addressed to
+command only if the signature verifies against `[backend] public_key`, it is addressed to
 this device, its type is known, its `ts` is within the freshness window, and its `seq` is
 strictly greater than the last accepted one. The last seq is committed to SQLite before the
 command is handed to its handler, so a replay (even after a reboot) is refused; a command whose
@@ -77,7 +77,7 @@ def verify_command(
     if not isinstance(sig, str) or not SIG_HEX.fullmatch(sig):
         raise CommandError("unsigned", "command has no valid 'sig'")
     if backend_public_key is None:
-        raise CommandError("unsigned", "no mqtt.backend_public_key configured; commands refused")
+        raise CommandError("unsigned", "no [backend] public_key configured; commands refused")
     body = {k: v for k, v in cmd.items() if k != "sig"}
     try:
         backend_public_key.verify(bytes.fromhex(sig), canonical.dumps(body))

@@ -270,9 +270,9 @@ def parse_ed25519_public(text: str, what: str, fix: str) -> Ed25519PublicKey:
 
 
 def parse_backend_public_key(hex_key: str) -> Ed25519PublicKey:
-    """The backend's public key from config (`mqtt.backend_public_key`)."""
+    """The backend's public key from config (`[backend] public_key`)."""
     return parse_ed25519_public(
         hex_key,
-        "mqtt.backend_public_key",
+        "backend.public_key",
         "set it to the backend's public key (backend-signing.pub)",
     )

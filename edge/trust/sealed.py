@@ -142,7 +142,7 @@ def open_sealed(blob: bytes, keys: DeviceKeys, backend_public: Ed25519PublicKey)
     except InvalidSignature:
         raise TemplateError(
             f"{who}: backend signature does not verify (tampered or signed by another backend); "
-            f"check mqtt.backend_public_key and request a fresh copy"
+            f"check [backend] public_key and request a fresh copy"
         ) from None
     check_subject(subject)
     if device_id != keys.device_id:
