@@ -92,8 +92,12 @@ def profile_config(
         "camera": {"source": f"file:{clip}", "realtime": realtime},
         "mqtt": {"host": broker.host, "port": broker.port, "tls": False,
                  "ca_file": "", "cert_file": "", "key_file": ""},
-        **sections,
+        # The shipped claim devices and display port are the board's; each test names its own.
+        "claims": {"qr": False, "card_port": "", "bridge_socket": ""},
+        "display": {"enabled": False},
     }  # fmt: skip
+    for name, table in sections.items():
+        overrides[name] = {**overrides.get(name, {}), **table}
     for name, table in overrides.items():
         doc[name] = {**doc.get(name, {}), **table}
     path = root / f"{profile}.toml"
