@@ -4,8 +4,10 @@ and above its step-up amount; the enrolled live person is accepted in each.
 
 Stills are presented as a camera would see them held up: a short video of the still with a
 hand's drift and sensor noise (edge.measure.eval_liveness.still_frames). For `facegate run`
-every presentation is one clip of a single video (640x480, the common USB camera), a second of
-empty scene between them, so one kiosk process meets every attack in turn.
+every presentation is one part of a single replay (a folder of frames, each at its own size, as
+`eval liveness` presents them), a second of empty scene between them, so one kiosk process meets
+every attack in turn. (Filling a 640x480 frame instead would crop a replay's screen edges away,
+an attack the developer data does not hold; models/README.md.)
 
 The attacks show other people than the enrolled one, so a rejection must come from liveness
 (spoof, static, no_blink, face_changed, a quality gate), never from the identity comparison: a
@@ -57,17 +59,9 @@ def _attacks() -> list[tuple[str, str]]:
         return [(r["file"], r["presentation"]) for r in csv.DictReader(fh)]
 
 
-def _fit(rgb: np.ndarray) -> np.ndarray:
-    """Fill a W x H camera frame (scale to cover, crop the middle; BGR for the writer): no
-    black bars, which the passive model would read as a screen's bezel and make the test easy."""
-    h, w = rgb.shape[:2]
-    k = max(W / w, H / h)
-    big = cv2.resize(rgb, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA)
-    y, x = (big.shape[0] - H) // 2, (big.shape[1] - W) // 2
-    return np.ascontiguousarray(big[y : y + H, x : x + W, ::-1])
-
-
 def _presentation(name: str, kind: str) -> Iterator[np.ndarray]:
+    """The attack's frames as the camera sees them (BGR), at their own size: a replay video's
+    frames, or a still held up by hand (the same presentation `eval liveness` uses)."""
     path = require_data(f"liveness/{name}")
     if kind == "video":
         cap = cv2.VideoCapture(str(path))
@@ -75,24 +69,31 @@ def _presentation(name: str, kind: str) -> Iterator[np.ndarray]:
             ok, bgr = cap.read()
             if not ok:
                 break
-            yield _fit(bgr[:, :, ::-1])
+            yield bgr
         cap.release()
         return
     image = read_image(path, name)
     for frame in still_frames(image, STILL_S, FPS, random.Random(name), handheld=True):
-        yield _fit(frame.image)
+        yield np.ascontiguousarray(frame.image[:, :, ::-1])
 
 
 def _write(path: Path, clips: list[tuple[str, str]]) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (W, H))
-    assert writer.isOpened()
+    """A folder of numbered frames (`file:<dir>` replays it in order): every presentation keeps
+    its own frame size, as in `eval liveness`, with an empty scene between presentations."""
+    path.mkdir(parents=True, exist_ok=True)
     blank = np.zeros((H, W, 3), np.uint8)
+    k = 0
+
+    def put(bgr: np.ndarray) -> None:
+        nonlocal k
+        assert cv2.imwrite(str(path / f"{k:06d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        k += 1
+
     for name, kind in clips:
         for frame in _presentation(name, kind):
-            writer.write(frame)
+            put(frame)
         for _ in range(int(GAP_S * FPS)):
-            writer.write(blank)
-    writer.release()
+            put(blank)
     return path
 
 
@@ -111,8 +112,8 @@ def kiosk(tmp_path_factory: pytest.TempPathFactory, portrait_enrol: Path) -> dic
     return {
         "root": root,
         "state": state,
-        "seen": _write(root / "seen.avi", [a for a in attacks if a[0] not in PAD_BLIND]),
-        "blind": _write(root / "blind.avi", [a for a in attacks if a[0] in PAD_BLIND]),
+        "seen": _write(root / "seen", [a for a in attacks if a[0] not in PAD_BLIND]),
+        "blind": _write(root / "blind", [a for a in attacks if a[0] in PAD_BLIND]),
     }
 
 
@@ -191,7 +192,7 @@ def test_the_enrolled_live_person_is_accepted_through_facegate_run(
 def test_every_attack_is_rejected_through_facegate_verify(
     kiosk: dict[str, Path], name: str, kind: str
 ) -> None:
-    clip = _write(kiosk["root"] / f"verify-{Path(name).stem}.avi", [(name, kind)])
+    clip = _write(kiosk["root"] / f"verify-{Path(name).stem}", [(name, kind)])
     cfg = _config(kiosk["root"] / "verify.toml", kiosk["state"], "bakery", "")
     r = facegate(cli_env(cfg), "verify", SUBJECT, "--source", f"file:{clip}", "--json",
                  "--seed", "3")  # fmt: skip
