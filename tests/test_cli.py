@@ -91,10 +91,16 @@ def test_main_returns_exit_code_instead_of_raising(tmp_path: Path) -> None:
     assert main(["--config", str(tmp_path / "nope.toml"), "outbox", "status"]) == 2
 
 
-def test_demo_without_data_says_which_source_to_give(tmp_path: Path) -> None:
-    from edge.camera.demo import default_source_uri
+def test_demo_source_is_the_embedded_clip_else_data_else_says_which_source_to_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.camera import demo
+    from edge.camera.demo import default_source_uri, embedded_clip
     from edge.errors import SourceError
 
+    assert default_source_uri([tmp_path]) == f"file:{embedded_clip()}"
+    # An install that lost the clip: the research data, else a one-line hint.
+    monkeypatch.setattr(demo, "EMBEDDED_CLIP", "missing.mp4")
     with pytest.raises(SourceError) as err:
         default_source_uri([tmp_path])
     assert "pass --source URI" in str(err.value) and "cam:0" in str(err.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,10 +67,13 @@ def _claims(
     inputs = 0
     if args.claims_from:
         source: Any = sys.stdin if args.claims_from == "-" else Path(args.claims_from)
-        if isinstance(source, Path) and not source.exists():
+        if isinstance(source, Path) and (
+            not source.exists() or source.is_dir() or not os.access(source, os.R_OK)
+        ):
+            problem = "no such file or FIFO" if not source.exists() else "cannot be read as one"
             raise FacegateError(
-                f"--claims-from {source}: no such file or FIFO; give the FIFO or file the POS / "
-                "keypad bridge writes claim lines to, or '-' for stdin"
+                f"--claims-from {source}: {problem}; give the FIFO or file the POS / keypad "
+                "bridge writes claim lines to, or '-' for stdin"
             )
         lines = LineClaims(source, "pos", queue=queue, timeout_s=c.claim_timeout_s)
         stack.callback(lines.close)
