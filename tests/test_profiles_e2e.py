@@ -372,7 +372,15 @@ def relay_lines(relay: PtyDevice) -> list[str]:
     return [x for x in relay.read().replace(b"\r", b"").decode().split("\n") if x]
 
 
-def report_timing(profile: str, decision: dict[str, Any], wall_s: float | None = None) -> None:
+def report_timing(
+    profile: str, decision: dict[str, Any], wall_s: float | None = None, run: Any = None
+) -> None:
+    """Print the timing; with `run`, keep the kiosk's transcript in out/transcripts/ (ignored)."""
+    if run is not None:
+        out = REPO / "out" / "transcripts"
+        out.mkdir(parents=True, exist_ok=True)
+        name = profile.replace("/", "_")
+        (out / f"{name}.txt").write_text(run.transcript() if callable(run.transcript) else "")
     t = decision["timing_ms"]
     acq_verify = t.get("acquire", 0.0) + t.get("verify", 0.0)
     extra = f", claim->decision wall {wall_s * 1000:.0f} ms" if wall_s is not None else ""
@@ -426,7 +434,7 @@ def test_fare_gate_rider_with_a_qr_token_is_charged_once_and_a_used_token_is_ref
     assert d["subject"] == rider and d["stored"] is True
     assert d["liveness"]["required"] is False and d["liveness"]["blinks"] == 0
     assert any("Ticket refused (used_token)" in x for x in run.lines()), run.transcript()
-    report_timing("fare_gate/qr", d)
+    report_timing("fare_gate/qr", d, run=run)
 
     booked = backend_rig.booked_once(device, summary["events"])
     assert [(e["type"], e["subject"], e["claim"], e["amount"], e["currency"], e["gate"])
@@ -462,7 +470,7 @@ def test_fare_gate_rider_tapping_a_card_is_charged_once(
     decisions = summary["decisions"]
     got = [(d["decision"], d["reason"], d["event"]) for d in decisions]
     assert got == [("accept", None, "fare.charge")], (got, run.transcript())
-    report_timing("fare_gate/card", decisions[0], decided - tapped)
+    report_timing("fare_gate/card", decisions[0], decided - tapped, run=run)
 
     booked = backend_rig.booked_once(device, summary["events"])
     assert [(e["type"], e["subject"], e["claim"], e["amount"]) for e in booked] == [
@@ -541,7 +549,7 @@ def test_bakery_payment_below_and_above_the_step_up_amount_over_the_bridge(
     assert (above["decision"], above["reason"]) in (("accept", None), ("reject", "no_blink")), above
     for (label, d), t_sent, t_dec in zip((("below", below), ("above", above)), sent, decided,
                                          strict=True):  # fmt: skip
-        report_timing(f"bakery/{label}", d, t_dec - t_sent)
+        report_timing(f"bakery/{label}", d, t_dec - t_sent, run=run)
 
     booked = backend_rig.booked_once(device, summary["events"])
     payments = [(e["type"], e["subject"], e["amount"], e["currency"], e["step_up"], e["pos_ref"])
@@ -589,7 +597,7 @@ def test_smart_lock_opens_for_the_right_tenant_of_the_household(
     assert decisions[0]["liveness"]["required"] is True
     assert decisions[0]["liveness"]["blinks"] >= 1
     assert not any("actuator" in x.lower() for x in run.err), run.transcript()
-    report_timing("smart_lock", decisions[0])
+    report_timing("smart_lock", decisions[0], run=run)
 
     booked = backend_rig.booked_once(device, summary["events"])
     assert [(e["type"], e["subject"], e["door"], e["household"]) for e in booked] == [
