@@ -40,6 +40,9 @@ SUBJECT = "s-wired-1"
 W, H, FPS = 640, 480, 30.0
 STILL_S = 3.0
 GAP_S = 1.5
+# The first seconds of each replay video are enough for several sessions through the kiosk
+# (eval liveness and test_liveness_real cover every session of the whole videos).
+REPLAY_FRAMES = 150
 # Presentations the passive model scores as a real face (models/README.md, eval liveness
 # --challenge never): without a blink only the motion rule could stop them, and it cannot.
 PAD_BLIND = {
@@ -65,7 +68,7 @@ def _presentation(name: str, kind: str) -> Iterator[np.ndarray]:
     path = require_data(f"liveness/{name}")
     if kind == "video":
         cap = cv2.VideoCapture(str(path))
-        while True:
+        for _ in range(REPLAY_FRAMES):
             ok, bgr = cap.read()
             if not ok:
                 break
