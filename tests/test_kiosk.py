@@ -321,3 +321,39 @@ def test_kiosk_destroys_past_due_templates_during_maintenance(
     states = {i.subject: i.state for i in rig.store.list_all()}
     assert states == {"s-webcam": "active", "s-short": "expired"}
     rig.close()
+
+
+def test_the_idle_screen_says_offline_but_queued_while_events_wait_for_the_broker(
+    tmp_path: Path, portrait_verify: Path
+) -> None:
+    from edge.kiosk.display.dispatcher import Dispatcher
+    from edge.kiosk.display.state import KioskState
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.states: list[KioskState] = []
+
+        def publish(self, state: KioskState) -> None:
+            self.states.append(state)
+
+        def stop(self) -> None:
+            pass
+
+    cfg = _cfg("fare_gate")
+    keys = init_keys(tmp_path / "state", cfg.device.id)
+    factory = EventFactory(cfg.device.id, cfg.device.site, keys.signing_key)
+    recorder, prompts = Recorder(), []
+    with Outbox(tmp_path / "state" / "outbox.db") as outbox:
+        for up, pending in ((True, False), (False, False), (False, True)):
+            if pending:
+                outbox.emit(factory, "verify.reject", subject="s-1", decision="reject",
+                            score=None, liveness={"blinks": 0, "challenge_ms": 0},
+                            reason="timeout")  # fmt: skip
+            prompts.clear()
+            recorder.states.clear()
+            with open_source(f"file:{portrait_verify}", realtime=False) as src:
+                Kiosk(cfg, src, vision=None, display=prompts.append, outbox=outbox,
+                      factory=factory, dispatcher=Dispatcher([recorder]),
+                      link_up=lambda up=up: up).run(max_frames=1)  # fmt: skip
+            offline = [s.state for s in recorder.states] == ["offline_queued"]
+            assert offline == (not up and pending), (up, pending, prompts)

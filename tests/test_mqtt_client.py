@@ -450,3 +450,26 @@ def test_publisher_sigkilled_at_random_points_delivers_every_seq_once_restarted(
     assert kills == 3, "the burst finished before it could be killed: raise n"
     assert summary["created"] == n and summary["pending"] == 0
     assert not missing and set(seqs) == set(range(1, n + 1))  # duplicates allowed, nothing extra
+
+
+def test_the_kiosk_state_goes_retained_to_the_state_topic_through_the_link(
+    broker: Broker, outbox: Outbox
+) -> None:
+    from edge.kiosk.display.state import KioskState
+    from edge.kiosk.uplink import MqttStateListener
+    from edge.transport.topics import state_topic
+
+    link = MqttLink(mqtt_cfg(broker), DEVICE, SITE, outbox)
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        listener = MqttStateListener(link)
+        listener.publish(KioskState("blink", {"seconds_left": 1.5}))
+        listener.publish(KioskState("approved", {"kind": "fare", "amount": 3.0}))
+        # Retained: a subscriber arriving later still sees the newest state, and only it.
+        seen = Subscriber(broker, state_topic(SITE, DEVICE))
+        topic, payload, retained = seen.take(1, timeout_s=10)[0]
+        state = json.loads(payload)
+        assert retained and state["state"] == "approved" and state["detail"]["kind"] == "fare"
+    finally:
+        link.stop()

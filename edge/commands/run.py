@@ -133,6 +133,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             presence = PresenceStore(cfg.state_dir / "presence.sqlite")
             stack.callback(presence.close)
         factory = EventFactory(cfg.device.id, cfg.device.site, keys.signing_key)
+        link = None
         if cfg.mqtt.enabled:
             from edge.kiosk.uplink import start_link
 
@@ -143,21 +144,27 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             capture = DebugCapture(cfg.debug)
             print(f"DEBUG: decision frames are captured to {capture.dir} (tmpfs, deleted after "
                   f"{cfg.debug.capture_ttl_s:g} s)", file=sys.stderr)
-        dispatcher = None
+        # One dispatcher of kiosk states; the display page and the MQTT state are listeners.
+        from edge.kiosk.display.dispatcher import Dispatcher
+
+        dispatcher = Dispatcher()
+        stack.callback(dispatcher.stop)
         if cfg.display.enabled:
-            from edge.kiosk.display.dispatcher import Dispatcher
             from edge.kiosk.display.server import DisplayServer
 
             server = DisplayServer.from_config(cfg.display)
             server.start()
-            dispatcher = Dispatcher([server])
-            stack.callback(dispatcher.stop)
+            dispatcher.add(server)
             print(f"display: {server.url}", file=sys.stderr, flush=True)
+        if link is not None:
+            from edge.kiosk.uplink import MqttStateListener
+
+            dispatcher.add(MqttStateListener(link))
         kiosk = Kiosk(
             cfg, source, vision=vision, display=_display, claims=claims, store=store,
             outbox=outbox, factory=factory, actuator=make_actuator(cfg.actuator),
             lockout=lockout, presence=presence, debug_capture=capture, dispatcher=dispatcher,
-            qr=qr,
+            qr=qr, link_up=link.connected.is_set if link is not None else None,
         )
         install_signal_handlers(kiosk)
         stats = kiosk.run(max_frames=args.max_frames)

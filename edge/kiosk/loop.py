@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -142,6 +143,7 @@ class Kiosk:
         debug_capture: DebugCapture | None = None,
         dispatcher: Dispatcher | None = None,
         qr: QrReader | None = None,
+        link_up: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg, self.source, self.vision, self.display = cfg, source, vision, display
         self.claims, self.store = claims, store
@@ -157,6 +159,7 @@ class Kiosk:
         # journal's plain-English line of the same state.
         self.dispatcher = dispatcher
         self.qr = qr  # QR claim tokens read from idle frames (fare gate)
+        self.link_up = link_up  # None: no MQTT link configured
         self._frame: Frame | None = None
         self._last_prompt = ""
         self._active: _Active | None = None
@@ -170,13 +173,24 @@ class Kiosk:
     # ---- plumbing --------------------------------------------------------------------------
 
     def _prompt(self, text: str, stats: KioskStats, state: str = "look", **detail: Any) -> None:
-        """Show a kiosk state: the journal line `text` and, to the listeners, `state`."""
+        """Show a kiosk state: the journal line `text` and, to the listeners, `state`. While
+        the broker is unreachable and events wait in the outbox, the idle screen says so."""
+        if state == "look" and self._offline_with_queue():
+            text, state = "Offline - transactions are stored and will be sent", "offline_queued"
         if text and text != self._last_prompt:
             self._last_prompt = text
             stats.prompts.append(text)
             self.display(text)
             if self.dispatcher is not None:
                 self.dispatcher.publish(KioskState(state, detail))
+
+    def _offline_with_queue(self) -> bool:
+        if self.link_up is None or self.outbox is None or self.link_up():
+            return False
+        try:
+            return int(self.outbox.status().get("pending", 0)) > 0
+        except (FacegateError, sqlite3.Error):  # a status read must never stop the loop
+            return False
 
     def _session_prompt(self, session: VerificationSession, t: float, stats: KioskStats) -> None:
         text = session.prompt

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import Config
+from edge.kiosk.display.state import KioskState
 from edge.templates.store import TemplateStore, db_path
 from edge.transport.downlink import DOWNLINK_FILE, ReplayGuard, standard_handlers
 from edge.transport.mqtt import CommandHandler, MqttLink
@@ -24,6 +26,20 @@ def start_link(cfg: Config, keys: DeviceKeys, outbox: Outbox) -> MqttLink:
     link = link_for_kiosk(cfg, keys.signing_key, outbox, handlers)
     link.start()
     return link
+
+
+class MqttStateListener:
+    """A display-state listener of the kiosk's dispatcher: the state (name and detail, never a
+    face or a number) goes retained to `…/status/state` through the kiosk's own link."""
+
+    def __init__(self, link: MqttLink) -> None:
+        self.link = link
+
+    def publish(self, state: KioskState) -> None:
+        self.link.publish_state(json.dumps(state.to_json(), sort_keys=True).encode())
+
+    def stop(self) -> None:
+        return None
 
 
 def link_for_kiosk(

@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from edge.config import MqttConfig
 from edge.transport.downlink import ReplayGuard
 from edge.transport.outbox import Outbox
-from edge.transport.topics import cmd_topic, status_topic
+from edge.transport.topics import cmd_topic, state_topic, status_topic
 from edge.trust.commands import Command, CommandError, verify_command
 from edge.trust.event_schema import EventError
 from edge.trust.events import EventFactory
@@ -114,6 +114,9 @@ class MqttLink:
         self._suppressed_refusals = 0
         self._thread: threading.Thread | None = None
         self._status = status_topic(site, device_id)
+        self._state_topic = state_topic(site, device_id)
+        self._state_payload: bytes | None = None  # newest kiosk state, sent by the link thread
+        self._state_lock = threading.Lock()
         self._cmd = cmd_topic(site, device_id)
         self._client = self._make_client(client_id or f"facegate-{device_id}")
         outbox.on_enqueue(self._wake)
@@ -207,7 +210,20 @@ class MqttLink:
 
     # ---- publishing ---------------------------------------------------------------------
 
+    def publish_state(self, payload: bytes) -> None:
+        """Hand over the kiosk's newest state (retained, QoS 0); the link thread sends it, and
+        only the newest one if several arrive between two turns. Thread-safe, never blocks."""
+        with self._state_lock:
+            self._state_payload = payload
+
+    def _send_state(self) -> None:
+        with self._state_lock:
+            payload, self._state_payload = self._state_payload, None
+        if payload is not None and self.connected.is_set():
+            self._client.publish(self._state_topic, payload, qos=0, retain=True)
+
     def _pump(self) -> None:
+        self._send_state()
         room = self.cfg.max_inflight - len(self._inflight)
         if not self.connected.is_set() or room <= 0:
             return

@@ -29,6 +29,12 @@ def status_topic(site: str, device: str) -> str:
     return f"{TOPIC_PREFIX}/{site}/{device}/status"
 
 
+def state_topic(site: str, device: str) -> str:
+    """`…/status/state`: the kiosk's current display state (retained JSON, no personal data)."""
+    _check_ids(site, device)
+    return f"{TOPIC_PREFIX}/{site}/{device}/status/state"
+
+
 def cmd_topic(site: str, device: str) -> str:
     _check_ids(site, device)
     return f"{TOPIC_PREFIX}/{site}/{device}/cmd"
