@@ -71,22 +71,28 @@ def _last_seq(path: Path, device: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _burst(a: argparse.Namespace) -> int:
-    state = Path(a.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    keys = _keys(state, a.device)
-    print(json.dumps(public_keys(keys)), flush=True)
+def _mqtt_config(a: argparse.Namespace) -> MqttConfig:
+    """The link settings from the tool's --broker, --ca-file, [--cert-file, --key-file] and
+    --max-inflight."""
     broker = BrokerUrl.parse(a.broker)
-    mcfg = dataclasses.replace(
+    return dataclasses.replace(
         MqttConfig(),
         host=broker.host,
         port=broker.port,
         tls=broker.tls,
         ca_file=a.ca_file or "",
-        cert_file=a.cert_file or "",
-        key_file=a.key_file or "",
+        cert_file=getattr(a, "cert_file", None) or "",
+        key_file=getattr(a, "key_file", None) or "",
         max_inflight=a.max_inflight,
     )
+
+
+def _burst(a: argparse.Namespace) -> int:
+    state = Path(a.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    keys = _keys(state, a.device)
+    print(json.dumps(public_keys(keys)), flush=True)
+    mcfg = _mqtt_config(a)
     fields = BURST_FIELDS[a.type]
     t0 = time.monotonic()
     # Seqs 1..N (not the clock start of a kiosk's outbox): a burst killed and restarted resumes
@@ -129,15 +135,7 @@ def _bench(a: argparse.Namespace) -> int:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    broker = BrokerUrl.parse(a.broker)
-    mcfg = dataclasses.replace(
-        MqttConfig(),
-        host=broker.host,
-        port=broker.port,
-        tls=broker.tls,
-        ca_file=a.ca_file or "",
-        max_inflight=a.max_inflight,
-    )
+    mcfg = _mqtt_config(a)
     with tempfile.TemporaryDirectory(dir=a.dir) as d, Outbox(Path(d) / OUTBOX_FILE) as ob:
         factory = EventFactory("kiosk-bench", "lab", Ed25519PrivateKey.generate())
         lat: list[float] = []
