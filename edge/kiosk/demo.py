@@ -11,6 +11,7 @@ demo times the prompt just before the blink it knows the clip holds.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -68,20 +69,25 @@ def _enrol(cfg: Config, pipeline: VisionPipeline, store: TemplateStore, uri: str
 
 
 def _session(
-    cfg: Config, pipeline: VisionPipeline, refs: list[Any], frames: list[Frame],
-    prompt_t: float | None, publish: Callable[[KioskState], None],
+    cfg: Config, pipeline: VisionPipeline, refs: list[Any], frames: Iterator[Frame],
+    prompt_after_s: float | None, publish: Callable[[KioskState], None],
 ) -> Decision:
+    """One session over `frames` (streamed); the prompt `prompt_after_s` after the first one."""
+    first = next(frames)
+    t0 = first.t_monotonic
+    prompt_t = None if prompt_after_s is None else t0 + prompt_after_s
     session = VerificationSession(
         cfg, PipelineVision(pipeline), rng=random.Random(0),
         prompt_at=(lambda t: max(t, prompt_t)) if prompt_t is not None else None,
     )  # fmt: skip
-    t0 = frames[0].t_monotonic
     session.wait_for_claim(t0)
     early = session.claim(SUBJECT, refs, t0, amount=AMOUNT)
     if early is not None:
         return early
     shown = None
-    for frame in frames:
+    last_t = t0
+    for frame in itertools.chain([first], frames):
+        last_t = frame.t_monotonic
         decision = session.step(frame, pipeline.observe(frame))
         if session.prompt != shown and session.prompt:
             end = session.challenge_window_end_t
@@ -90,13 +96,24 @@ def _session(
         shown = session.prompt
         if decision is not None:
             return decision
-    return session.end_of_stream(frames[-1].t_monotonic)
+    return session.end_of_stream(last_t)
 
 
-def _attack_frames(uri: str, cfg: Config) -> list[Frame]:
-    still = next(f for f in _frames(uri, cfg) if f.index == ATTACK_FRAME)
-    fps = cfg.camera.fps
-    return [Frame(still.image, k / fps, k) for k in range(int(ATTACK_S * fps))]
+def _verify_frames(source: Iterator[Frame], kept: dict[str, Frame]) -> Iterator[Frame]:
+    """Frames VERIFY[0]..VERIFY[1]-1 of one pass over the clip, streamed (not held in memory);
+    the still for the attack is kept on the way."""
+    for frame in source:
+        if frame.index == ATTACK_FRAME:
+            kept["still"] = frame
+        if frame.index >= VERIFY[1]:
+            return
+        if frame.index >= VERIFY[0]:
+            yield frame
+
+
+def _attack_frames(still: Frame, fps: float) -> Iterator[Frame]:
+    """The same frame held still for ATTACK_S seconds."""
+    return (Frame(still.image, k / fps, k) for k in range(int(ATTACK_S * fps)))
 
 
 def _broker_up() -> bool:
@@ -170,21 +187,13 @@ def run_demo(cfg: Config, state: Path, dispatcher: Dispatcher | None, say: Say =
     with TemplateStore(db_path(state), keys) as store:
         _enrol(cfg, pipeline, store, uri)
         refs = [store.reference(SUBJECT)]
-    fps = cfg.camera.fps
-    verify = [f for f in _frames(uri, cfg) if VERIFY[0] <= f.index < VERIFY[1]]
-    fps = len(verify) / max(1e-6, verify[-1].t_monotonic - verify[0].t_monotonic) or fps
-    prompt_t = verify[0].t_monotonic + (BLINK_FRAME - VERIFY[0]) / fps - PROMPT_LEAD_S
+    kept: dict[str, Frame] = {}
     bakery = dataclasses.replace(cfg, profile="bakery")
     claim = Claim(SUBJECT, AMOUNT, "demo-1", "keypad")
     with Outbox(state / OUTBOX_FILE, cfg.outbox.max_events) as outbox:
         factory = EventFactory(cfg.device.id, cfg.device.site, keys.signing_key)
-        steps = (
-            ("2/4 verified session with a blink (frames 170-299)", verify, prompt_t),
-            ("3/4 attack: the same face held still for 3 s", _attack_frames(uri, cfg), None),
-        )
-        for title, frames, at in steps:
-            say(title)
-            d = _session(cfg, pipeline, refs, frames, at, publish)
+
+        def show_and_sign(d: Decision) -> None:
             publish(KioskState("approved", {"kind": "payment", "amount": AMOUNT,
                                             "currency": cfg.bakery.currency})
                     if d.accepted else KioskState("denied", {"reason": d.reason or "rejected"}))
@@ -192,6 +201,17 @@ def run_demo(cfg: Config, state: Path, dispatcher: Dispatcher | None, say: Say =
             event = outbox.emit(factory, made[0], **made[1]) if made else None
             say(json.dumps({**d.to_dict(), "event": event.type if event else None,
                             "seq": event.seq if event else None}, sort_keys=True))  # fmt: skip
+
+        with open_source(uri, cfg.camera, realtime=False) as src:
+            fps = float(getattr(src, "fps", cfg.camera.fps))
+            prompt_after = (BLINK_FRAME - VERIFY[0]) / fps - PROMPT_LEAD_S
+            say("2/4 verified session with a blink (frames 170-299)")
+            show_and_sign(_session(cfg, pipeline, refs, _verify_frames(iter(src), kept),
+                                   prompt_after, publish))  # fmt: skip
+        say("3/4 attack: the same face held still for 3 s")
+        show_and_sign(
+            _session(cfg, pipeline, refs, _attack_frames(kept["still"], fps), None, publish)
+        )
         say("4/4 signed events in the outbox:")
         for item in outbox.peek(10):
             ev = json.loads(item.payload)
