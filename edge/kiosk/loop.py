@@ -160,6 +160,8 @@ class Kiosk:
         self.dispatcher = dispatcher
         self.qr = qr  # QR claim tokens read from idle frames (fare gate)
         self.link_up = link_up  # None: no MQTT link configured
+        self._queue_checked_at = -1e18
+        self._queue_waiting = False
         self._frame: Frame | None = None
         self._last_prompt = ""
         self._active: _Active | None = None
@@ -185,12 +187,18 @@ class Kiosk:
                 self.dispatcher.publish(KioskState(state, detail))
 
     def _offline_with_queue(self) -> bool:
+        """The link is down and events wait; the outbox is read at most once a second (the
+        idle prompt is shown on every frame with nobody in view)."""
         if self.link_up is None or self.outbox is None or self.link_up():
             return False
-        try:
-            return int(self.outbox.status().get("pending", 0)) > 0
-        except (FacegateError, sqlite3.Error):  # a status read must never stop the loop
-            return False
+        now = self.clock()
+        if now - self._queue_checked_at >= 1.0:
+            self._queue_checked_at = now
+            try:
+                self._queue_waiting = int(self.outbox.status().get("pending", 0)) > 0
+            except (FacegateError, sqlite3.Error):  # a status read must never stop the loop
+                self._queue_waiting = False
+        return self._queue_waiting
 
     def _session_prompt(self, session: VerificationSession, t: float, stats: KioskStats) -> None:
         text = session.prompt
