@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import signal
 import sys
 import threading
 
-from edge.config import Config
+from edge.config import ENV_CONFIG, Config
 from edge.console.auth import AuthStore, hash_pin
 from edge.console.serial_io import SerialLineIO
 from edge.console.session import Console
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     auth = AuthStore(cfg.state_dir, cfg.console, time.time)
-    if getattr(args, "new_codes", None):
+    if getattr(args, "new_codes", None) is not None:
         for code in auth.issue_codes(args.new_codes):
             print(code)
         return 0
@@ -61,15 +62,20 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     outbox = Outbox(cfg.state_dir / "outbox.db", cfg.outbox.max_events)
     factory = EventFactory(cfg.device.id, cfg.device.site, keys.signing_key)
 
-    def audit(action: str, ok: bool, detail: str) -> None:
-        fields = {"action": action or "empty", "ok": ok, "actor": "technician"}
+    def audit(action: str, ok: bool, detail: str, subject: str = "") -> None:
+        fields: dict[str, object] = {"action": action, "ok": ok, "actor": "technician"}
         if detail:
             fields["detail"] = detail
+        if subject:
+            fields["subject"] = subject
         outbox.emit(factory, "console.audit", **fields)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console = Console(SerialLineIO(port), DeviceServices(cfg, keys, outbox), auth, audit)
+    # The enrolment child must read the same config (device id, keys, camera) as this console.
+    config_path = getattr(args, "config", None) or os.environ.get(ENV_CONFIG) or None
+    services = DeviceServices(cfg, keys, outbox, config_path)
+    console = Console(SerialLineIO(port), services, auth, audit)
     try:
         console.serve(stop.is_set)
     except KeyboardInterrupt:

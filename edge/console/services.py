@@ -11,17 +11,35 @@ from typing import Any
 
 from edge import __version__
 from edge.config import Config
+from edge.console.session import Outcome
 from edge.errors import FacegateError
 from edge.templates.store import TemplateStore, db_path
 from edge.transport.outbox import Outbox
 from edge.trust.keys import DeviceKeys
 
+ENROL_TIMEOUT_S = 120.0
+# Error prefixes of `facegate enroll` (edge.errors) -> the fixed word the audit event carries.
+_ERROR_WORDS = (
+    ("template error:", "template_error"),
+    ("source error:", "source_error"),
+    ("model error:", "model_error"),
+    ("key error:", "key_error"),
+    ("config error:", "config_error"),
+    ("enrolment refused:", "enrol_refused"),
+    ("error:", "enrol_error"),
+)
+
 
 class DeviceServices:
-    """Implements `edge.console.session.ConsoleServices` for this device's state directory."""
+    """Implements `edge.console.session.ConsoleServices` for this device's state directory.
 
-    def __init__(self, cfg: Config, keys: DeviceKeys, outbox: Outbox) -> None:
-        self.cfg, self.keys, self.outbox = cfg, keys, outbox
+    `config_path` is the config file the console itself was started with (None: $FACEGATE_CONFIG
+    or the defaults, which a child inherits anyway); child commands get it passed through."""
+
+    def __init__(
+        self, cfg: Config, keys: DeviceKeys, outbox: Outbox, config_path: str | None = None
+    ) -> None:
+        self.cfg, self.keys, self.outbox, self.config_path = cfg, keys, outbox, config_path
         self.started = time.monotonic()
 
     def _store(self) -> TemplateStore:
@@ -72,15 +90,32 @@ class DeviceServices:
         with self._store() as store:
             return [i.as_dict() for i in store.list_all()]
 
-    def enrol(self, subject: str) -> str:
+    def enrol(self, subject: str) -> Outcome:
+        """Run `facegate enroll` with this console's own config (and so its device id and keys).
+
+        The child's last output line is shown to the (logged-in) technician; the audit gets only
+        a fixed reason word derived from the child's error prefix or exit status."""
         if not self.cfg.camera.source:
-            return "error: camera.source is not configured; set it in the config"
-        proc = subprocess.run(
-            [sys.executable, "-m", "edge", "enroll", subject, "--source", self.cfg.camera.source],
-            capture_output=True, text=True, timeout=120,
-        )
-        lines = (proc.stdout + proc.stderr).strip().splitlines()
-        return lines[-1] if lines else f"enrol exited with {proc.returncode}"
+            msg = "error: camera.source is not configured; set it in the config"
+            return Outcome(False, "no_camera_source", msg)
+        cmd = [sys.executable, "-m", "edge"]
+        if self.config_path:
+            cmd += ["--config", self.config_path]
+        cmd += ["enroll", subject, "--source", self.cfg.camera.source]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                                  timeout=ENROL_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            msg = f"error: enrolment took over {ENROL_TIMEOUT_S:.0f} s; check the camera"
+            return Outcome(False, "enrol_timeout", msg)
+        if proc.returncode == 0:  # the result is the last stdout line (stderr has the prompt)
+            out = proc.stdout.strip().splitlines()
+            return Outcome(True, "", out[-1] if out else "enrolled")
+        err = proc.stderr.strip().splitlines()
+        last_err = err[-1] if err else f"error: enrol exited with status {proc.returncode}"
+        reason = next((word for prefix, word in _ERROR_WORDS if last_err.startswith(prefix)),
+                      "enrol_refused" if proc.returncode == 1 else "enrol_failed")
+        return Outcome(False, reason, last_err)
 
     def revoke(self, subject: str) -> str:
         with self._store() as store:
