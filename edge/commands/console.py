@@ -80,6 +80,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         console.serve(stop.is_set)
     except KeyboardInterrupt:
         pass
+    except (serial.SerialException, OSError) as exc:  # unplugged adapter, hung-up line
+        raise ConsoleError(f"lost serial port {port_name} ({exc}); check the cable or adapter "
+                           "(systemd restarts the console)") from None
     finally:
         port.close()
         outbox.close()

@@ -28,7 +28,7 @@ from edge.errors import FacegateError
 PIN_PARAMS = (2**14, 8, 1)  # scrypt N, r, p for the technician PIN
 CODE_PARAMS = (2**13, 8, 1)  # scrypt N, r, p for each one-time code
 CODE_DIGITS = 10
-MAX_CODES = 10  # outstanding one-time codes; bounds the cost of one wrong attempt
+MAX_CODES = 5  # outstanding one-time codes; bounds the cost of one wrong attempt
 _MAX_N = 2**16  # a hash naming a bigger N is refused unread (a crafted file must not stall us)
 
 
