@@ -276,7 +276,7 @@ class OpenCVCapture:
             cap = cv2.VideoCapture(target, cv2.CAP_GSTREAMER)
         elif kind == "fifo":
             if not Path(target).exists():
-                raise SourceError(f"{uri}: {target} does not exist (the camera stream is gone)")
+                raise SourceError(f"{uri}: the FIFO is gone (the camera stream ended)")
             cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG)  # blocks until a writer opens it
         elif kind == "cam":
             cap = cv2.VideoCapture(int(target), cv2.CAP_V4L2)
