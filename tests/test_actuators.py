@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
+import threading
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import REPO, cli_env, facegate
 from conftest import wait_until
 from gpiozero.pins.mock import MockFactory
 
@@ -26,6 +31,8 @@ from edge.kiosk.actuators import (
     wait_released,
 )
 from edge.kiosk.loop import Kiosk
+
+WEBCAM = "liveness/videos/blink_webcam_7blinks_30fps.mp4"
 
 
 def test_gpio_relay_is_off_at_rest_on_for_the_pulse_and_off_again() -> None:
@@ -161,7 +168,23 @@ class _Board:
         """When the board had received its first `n` bytes."""
         return next(t for t, total in self.arrivals if total >= n)
 
+    def listen(self) -> threading.Thread:
+        """Record what arrives until close(), on a thread (the writer is another process)."""
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.poll()
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
+        if hasattr(self, "_stop"):
+            self._stop.set()
+            time.sleep(0.01)
         os.close(self.master)
         os.close(self._slave)
 
@@ -251,3 +274,57 @@ def test_none_actuator_counts_pulses() -> None:
     assert isinstance(act, NoActuator)
     act.pulse()
     assert act.pulses == 1
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v)  # strings, numbers and lists of them read back the same in TOML
+
+
+def _shipped_profile_with(board: Path, state: Path) -> str:
+    """config/fare_gate.toml as shipped, with only what this machine lacks swapped out: the
+    relay's port (a pty), the state dir, the card reader, QR, the display and the broker."""
+    cfg = tomllib.loads((REPO / "config" / "fare_gate.toml").read_text())
+    assert cfg["actuator"]["kind"] == "serial" and "protocol" in cfg["actuator"], cfg["actuator"]
+    cfg["actuator"]["serial_port"] = str(board)
+    cfg["paths"]["state_dir"] = str(state)
+    cfg["camera"]["realtime"] = False
+    cfg["claims"].update(card_port="", qr=False)
+    cfg["display"]["enabled"] = False
+    cfg["mqtt"] = {"enabled": False}
+    top = [f"{k} = {_toml_value(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
+    tables = [
+        f"[{name}]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        for name, body in cfg.items() if isinstance(body, dict)
+    ]  # fmt: skip
+    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
+
+
+def test_fare_gate_run_opens_the_lcus_gate_once_for_the_enrolled_rider(
+    tmp_path: Path, video_part: Callable[..., Path]
+) -> None:
+    """As wired: `facegate run` with the shipped fare_gate profile, an accepted rider, and the
+    LCUS relay board on a pty: OFF at start, ON for pulse_ms (800), OFF, and OFF on exit."""
+    board = _Board()
+    cfg = tmp_path / "fare_gate.toml"
+    cfg.write_text(_shipped_profile_with(Path(board.path), tmp_path / "state"))
+    env = cli_env(cfg)
+    board.listen()
+    try:
+        assert facegate(env, "keys", "init").returncode == 0
+        r = facegate(env, "enroll", "s-rider-1", "--source",
+                     f"file:{video_part(WEBCAM, 150, 210)}")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = facegate(env, "run", "--source", f"file:{video_part(WEBCAM, 0, 60)}",
+                     "--claim", "s-rider-1")  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        time.sleep(0.05)
+    finally:
+        board.close()
+    decisions = json.loads(r.stdout.strip().splitlines()[-1])["decisions"]
+    assert [d["decision"] for d in decisions] == ["accept"], decisions
+    on, off = bytes.fromhex("A0 01 01 A2"), bytes.fromhex("A0 01 00 A1")
+    assert bytes(board.got) == off + on + off + off, bytes(board.got).hex(" ")
+    held_s = board.arrival_of(12) - board.arrival_of(8)
+    assert 0.79 <= held_s <= 0.8 + 0.4, held_s
