@@ -60,6 +60,10 @@ class CameraConfig:
     read_timeout_s: float = _f(2.0, lo=0.1, hi=60.0)
     reopen_attempts: int = _f(5, lo=0, hi=1000)
     reopen_backoff_s: float = _f(0.5, lo=0.0, hi=60.0)
+    # A camera still gone this long after the stall ends the process (non-zero exit) so that
+    # systemd's Restart=on-failure starts it afresh; the reopen attempts stop at whichever
+    # of reopen_attempts / reopen_give_up_s comes first.
+    reopen_give_up_s: float = _f(30.0, lo=0.0, hi=3600.0)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,10 @@ class ActuatorConfig:
     active_high: bool = _f(True)
     pulse_ms: int = _f(1500, lo=10, hi=60000)
     serial_port: str = _f("")
+    # lcus: the LCUS-1 type CH340 boards' hex frames A0 <channel> <state> <sum>;
+    # ascii: boards that take the lines ON / OFF.
+    protocol: str = _f("lcus", choices=("lcus", "ascii"))
+    channel: int = _f(1, lo=1, hi=8)  # relay channel on a multi-relay LCUS board
 
 
 @dataclass(frozen=True)

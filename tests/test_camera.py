@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -212,3 +213,34 @@ def test_camera_that_never_comes_back_raises_after_the_reopen_budget() -> None:
     ):
         list(src)
     assert len(attempts) == 4
+
+
+def test_a_hanging_reopen_keeps_the_watchdog_fed_and_gives_up_in_time() -> None:
+    """A driver whose open never returns (a wedged USB camera, a FIFO without a writer) must
+    neither stop the keepalive nor outlast camera.reopen_give_up_s."""
+    hang = threading.Event()
+    calls: list[float] = []
+
+    def factory() -> _StallingCapture:
+        calls.append(time.monotonic())
+        if len(calls) > 1:
+            hang.wait(30.0)  # the open that never returns
+        return _StallingCapture(1, [])
+
+    pings: list[float] = []
+    cfg = CameraConfig(read_timeout_s=0.3, reopen_backoff_s=0.05, reopen_attempts=100,
+                       reopen_give_up_s=1.0)  # fmt: skip
+    src = LiveSource("cam:0", factory, cfg)
+    src.set_keepalive(lambda: pings.append(time.monotonic()), watchdog_s=0.8)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(SourceError, match=r"reopen_give_up_s = 1\b"):
+            list(src)
+    finally:
+        hang.set()
+        src.close()
+    took = time.monotonic() - t0
+    assert 1.0 <= took <= 2.0, took
+    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    assert len(calls) >= 2 and pings[-1] - pings[0] >= 0.9
+    assert max(gaps) <= 0.8 / 2, max(gaps)  # at least every half watchdog interval

@@ -33,11 +33,18 @@ def open_source(
 ) -> FileSource | LiveSource:
     """Open the source named by `uri`; SourceError (exit 2) names the URI when it cannot be opened.
 
+    `file:` naming a FIFO is read as a live camera stream (y4m), with the stall watchdog.
+
     `realtime` overrides `camera.realtime` for file replay (False = as fast as possible);
     `decode_threads` sets a video file's decoder threads (0 = the decoder's default).
     """
     cfg = cfg or CameraConfig()
     spec = parse_source_uri(uri)
+    if spec.kind == "file" and Path(spec.target).expanduser().is_fifo():
+        # A FIFO is a live stream from a camera helper: an end of stream or a stall is a camera
+        # stall (reopen with back-off, then give up), not the end of a replay.
+        fifo = str(Path(spec.target).expanduser())
+        return LiveSource(uri, lambda: OpenCVCapture(uri, "fifo", fifo, cfg), cfg)
     if spec.kind == "file":
         return FileSource(
             uri,

@@ -1,10 +1,17 @@
-"""Live cameras (V4L2 / USB index / GStreamer via OpenCV, picamera2) with a stall watchdog.
+"""Live cameras (V4L2 / USB index / GStreamer via OpenCV, picamera2, a FIFO stream) with a
+stall watchdog.
 
 A camera read can block forever when a USB camera is unplugged or a CSI pipeline wedges, so
 frames are read on a daemon thread and handed over through a one-slot queue (the newest frame
 wins: the kiosk wants the freshest face, not a backlog). When no frame arrives within
 `read_timeout_s` the capture is released and reopened with exponential back-off; after
-`reopen_attempts` failed reopenings the source raises SourceError instead of hanging.
+`reopen_attempts` failed reopenings, or `reopen_give_up_s` after the stall, the source raises
+SourceError instead of hanging, and the process ends for systemd to restart it.
+
+Every wait here (for a frame, a back-off, a reopening that may itself hang) is cut into slices
+and calls the `keepalive` the kiosk attached, so the systemd watchdog is pinged through a
+recovery that is still within its bounds, and each back-off step is capped at half the
+watchdog interval.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
@@ -36,6 +44,9 @@ class Capture(Protocol):
 
 
 CaptureFactory = Callable[[], Capture]
+MAX_BACKOFF_S = 30.0  # the cap of one back-off step without a watchdog
+WAIT_SLICE_S = 0.25  # the longest wait between two keepalive calls (less with a short watchdog)
+OPEN_TIMEOUT_S = 5.0  # a reopening that takes longer counts as failed (a wedged driver)
 
 
 class LiveSource:
@@ -59,7 +70,69 @@ class LiveSource:
         self._generation = 0
         self._closed = threading.Event()
         self.reopen_count = 0
+        self._keepalive: Callable[[], None] = _nothing
+        self._slice_s = WAIT_SLICE_S
+        self._max_backoff_s = MAX_BACKOFF_S
         self._start_reader()
+
+    def set_keepalive(self, keepalive: Callable[[], None], watchdog_s: float | None) -> None:
+        """Call `keepalive` at least every watchdog_s / 8 while waiting; cap each back-off step
+        at watchdog_s / 2 so the schedule fits inside the interval (None: no watchdog)."""
+        self._keepalive = keepalive
+        if watchdog_s is not None and watchdog_s > 0:
+            self._slice_s = min(WAIT_SLICE_S, watchdog_s / 8)
+            self._max_backoff_s = min(MAX_BACKOFF_S, watchdog_s / 2)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep `seconds` (less if closed), calling keepalive between slices."""
+        end = self._clock() + seconds
+        while not self._closed.is_set():
+            self._keepalive()
+            left = end - self._clock()
+            if left <= 0:
+                return
+            self._sleep(min(left, self._slice_s))
+
+    def _open_bounded(self, timeout_s: float) -> Capture:
+        """open_capture on a helper thread, so a hanging driver (or a FIFO without a writer)
+        cannot stop the keepalive; SourceError when it fails or takes longer than timeout_s."""
+        result: queue.Queue[Capture | BaseException] = queue.Queue(maxsize=1)
+        lock = threading.Lock()
+        abandoned = False
+
+        def opener() -> None:
+            try:
+                item: Capture | BaseException = self._open_capture()
+            except Exception as exc:
+                item = exc
+            with lock:
+                if not abandoned:
+                    result.put(item)
+                    return
+            if not isinstance(item, BaseException):
+                with contextlib.suppress(Exception):
+                    item.release()  # opened after we gave up on it
+
+        threading.Thread(target=opener, name="camera-open", daemon=True).start()
+        end = self._clock() + timeout_s
+        while True:
+            try:
+                got = result.get(timeout=max(0.0, min(self._slice_s, end - self._clock())))
+            except queue.Empty:
+                self._keepalive()
+                if self._clock() < end and not self._closed.is_set():
+                    continue
+                with lock:
+                    abandoned = True
+                    if result.empty():
+                        raise SourceError(
+                            f"{self.uri}: opening the camera did not finish within "
+                            f"{timeout_s:.1f} s"
+                        ) from None
+                    got = result.get_nowait()
+            if isinstance(got, BaseException):
+                raise got
+            return got
 
     def _start_reader(self) -> None:
         self._generation += 1
@@ -99,16 +172,21 @@ class LiveSource:
             # releasing a dead device may fail; we are replacing it anyway
             with contextlib.suppress(Exception):
                 old.release()
-        delay = self._cfg.reopen_backoff_s
-        for attempt in range(1, self._cfg.reopen_attempts + 1):
+        started = self._clock()
+        give_up_at = started + self._cfg.reopen_give_up_s
+        delay = min(self._cfg.reopen_backoff_s, self._max_backoff_s)
+        attempt = 0
+        while attempt < self._cfg.reopen_attempts and self._clock() < give_up_at:
+            attempt += 1
+            self._wait(min(delay, max(0.0, give_up_at - self._clock())))
             if self._closed.is_set():
                 return
-            self._sleep(delay)
             try:
-                self._capture = self._open_capture()
+                timeout = max(0.1, min(OPEN_TIMEOUT_S, give_up_at - self._clock()))
+                self._capture = self._open_bounded(timeout)
             except SourceError as exc:
                 log.warning("camera %s reopen %d failed: %s", self.uri, attempt, exc)
-                delay = min(delay * 2 if delay > 0 else 0.1, 30.0)
+                delay = min(delay * 2 if delay > 0 else 0.1, self._max_backoff_s)
                 continue
             self.reopen_count += 1
             log.warning("camera %s reopened after a stall (attempt %d)", self.uri, attempt)
@@ -116,19 +194,35 @@ class LiveSource:
             return
         raise SourceError(
             f"{self.uri}: camera stopped delivering frames and did not come back after "
-            f"{self._cfg.reopen_attempts} reopen attempts; check the cable, power and that no "
-            "other process holds the device"
+            f"{attempt} reopen attempts in {self._clock() - started:.1f} s (limits: "
+            f"camera.reopen_attempts = {self._cfg.reopen_attempts}, camera.reopen_give_up_s = "
+            f"{self._cfg.reopen_give_up_s:g}); check the cable, power and that no other process "
+            "holds the device"
         )
+
+    def _next_item(self) -> tuple[int, ImageRGB | None] | None:
+        """The next item from the reader, or None after read_timeout_s (keepalive meanwhile)."""
+        end = self._clock() + self._cfg.read_timeout_s
+        while True:
+            left = end - self._clock()
+            if left <= 0 or self._closed.is_set():
+                return None
+            try:
+                return self._queue.get(timeout=min(left, self._slice_s))
+            except queue.Empty:
+                self._keepalive()
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
         while not self._closed.is_set():
-            try:
-                gen, image = self._queue.get(timeout=self._cfg.read_timeout_s)
-            except queue.Empty:
+            item = self._next_item()
+            if item is None:
+                if self._closed.is_set():
+                    return
                 log.warning("camera %s: no frame for %.1f s", self.uri, self._cfg.read_timeout_s)
                 self._reopen()
                 continue
+            gen, image = item
             if gen != self._generation:
                 continue  # a late frame from a capture we already replaced
             if image is None:
@@ -157,8 +251,14 @@ class LiveSource:
                 cap.release()
 
 
+def _nothing() -> None:
+    """The keepalive of a source nobody watches."""
+
+
 class OpenCVCapture:
-    """cv2.VideoCapture on a V4L2 index/device or a GStreamer pipeline, returning RGB frames."""
+    """cv2.VideoCapture on a V4L2 index/device, a GStreamer pipeline or a FIFO stream (kind
+    "fifo": a y4m stream that a camera helper such as `ffmpeg -f yuv4mpegpipe` writes),
+    returning RGB frames."""
 
     def __init__(self, uri: str, kind: str, target: str, cfg: CameraConfig) -> None:
         import cv2
@@ -174,17 +274,24 @@ class OpenCVCapture:
                     "--system-site-packages"
                 )
             cap = cv2.VideoCapture(target, cv2.CAP_GSTREAMER)
+        elif kind == "fifo":
+            if not Path(target).exists():
+                raise SourceError(f"{uri}: the FIFO is gone (the camera stream ended)")
+            cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG)  # blocks until a writer opens it
         elif kind == "cam":
             cap = cv2.VideoCapture(int(target), cv2.CAP_V4L2)
         else:
             cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
         if not cap.isOpened():
             cap.release()
+            if kind == "fifo":
+                raise SourceError(f"{uri}: cannot read a video stream from the FIFO {target} "
+                                  "(write y4m into it, e.g. ffmpeg ... -f yuv4mpegpipe)")
             raise SourceError(
                 f"{uri}: cannot open the camera (not connected, busy, or no permission: add "
                 "the service user to group 'video')"
             )
-        if kind != "gst":
+        if kind in ("cam", "v4l2"):
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
             cap.set(cv2.CAP_PROP_FPS, cfg.fps)

@@ -80,6 +80,12 @@ class _Pulser:
                 self._timer = None
             self._safe_off()
 
+    def __enter__(self) -> _Pulser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # a crash between pulse and release still leaves the door locked
+
 
 class GpioRelay(_Pulser):
     """A relay on a GPIO pin through gpiozero (real pins on a Pi, MockFactory in tests)."""
@@ -93,6 +99,8 @@ class GpioRelay(_Pulser):
                 "(or pip install 'facegate[pi]')"
             ) from None
         try:
+            # initial_value=False drives the pin straight to the *inactive* level for this
+            # board's polarity (output_with_state), so the door never opens during start-up.
             self.device = OutputDevice(
                 cfg.pin, active_high=cfg.active_high, initial_value=False, pin_factory=pin_factory
             )
@@ -108,25 +116,70 @@ class GpioRelay(_Pulser):
         self.device.close()
 
 
+def relay_frames(protocol: str, channel: int) -> tuple[bytes, bytes]:
+    """The (on, off) commands of a serial relay board.
+
+    `lcus`: the LCUS-1 type CH340 boards take 4-byte frames A0 <channel> <state> <sum>, sum =
+    (0xA0 + channel + state) & 0xFF; an ASCII line is ignored by them (the gate never opens).
+    `ascii`: boards that take the lines ON / OFF.
+    """
+    if protocol == "ascii":
+        return b"ON\n", b"OFF\n"
+    if protocol != "lcus" or not 1 <= channel <= 0xFF:
+        raise ActuatorError(
+            f"actuator.protocol = {protocol!r}, channel = {channel}: unknown relay protocol or "
+            "channel; use protocol = 'lcus' (channel 1-8) or 'ascii'"
+        )
+
+    def frame(state: int) -> bytes:
+        return bytes((0xA0, channel, state, (0xA0 + channel + state) & 0xFF))
+
+    return frame(1), frame(0)
+
+
 class SerialRelay(_Pulser):
-    """A USB/serial relay board that takes ASCII 'ON\\n' / 'OFF\\n' (the common CH340 boards)."""
+    """A USB/serial relay board (9600 baud) speaking `actuator.protocol` (see relay_frames)."""
+
+    WRITE_TIMEOUT_S = 1.0
 
     def __init__(self, cfg: ActuatorConfig) -> None:
         import serial
 
+        self._port_name = cfg.serial_port
+        on, off = relay_frames(cfg.protocol, cfg.channel)
         try:
-            self.port = serial.Serial(cfg.serial_port, 9600, timeout=1, write_timeout=1)
+            self.port = serial.Serial(
+                cfg.serial_port, 9600, timeout=1, write_timeout=self.WRITE_TIMEOUT_S
+            )
         except (serial.SerialException, OSError) as exc:
             raise ActuatorError(
                 f"actuator.serial_port = {cfg.serial_port!r}: cannot open ({exc}); check the "
                 "cable and that the service user is in group 'dialout'"
             ) from None
-        super().__init__(lambda: self._send(b"ON\n"), lambda: self._send(b"OFF\n"), cfg.pulse_ms)
-        self._send(b"OFF\n")
+        super().__init__(lambda: self._send(on), lambda: self._send(off), cfg.pulse_ms)
+        try:
+            self._send(off)  # fail-secure from the start, whatever state the board was left in
+        except ActuatorError:
+            self.port.close()
+            raise
 
     def _send(self, data: bytes) -> None:
-        self.port.write(data)
-        self.port.flush()
+        import serial
+
+        try:
+            self.port.write(data)
+            self.port.flush()
+        except serial.SerialTimeoutException:
+            raise ActuatorError(
+                f"actuator.serial_port = {self._port_name!r}: the relay board did not take the "
+                f"command within {self.WRITE_TIMEOUT_S:g} s (write timeout); check the board "
+                "and the cable"
+            ) from None
+        except (serial.SerialException, OSError) as exc:
+            raise ActuatorError(
+                f"actuator.serial_port = {self._port_name!r}: write failed ({exc}); check the "
+                "cable (unplugged?)"
+            ) from None
 
     def close(self) -> None:
         super().close()

@@ -439,7 +439,9 @@ class Kiosk:
     def run(self, max_frames: int | None = None) -> KioskStats:
         stats = KioskStats()
         t_start = self.clock()
-        last_ping = t_start
+        attach = getattr(self.source, "set_keepalive", None)  # live cameras: ping while reopening
+        if callable(attach):
+            attach(self.notifier.keepalive, self.notifier.watchdog_s)
         self.notifier.ready(f"watching {self.source.uri}")
         self._prompt("Please look at the camera", stats)
         last_t = 0.0
@@ -456,10 +458,7 @@ class Kiosk:
                 if self.vision is not None:
                     self._on_frame(frame, faces, stats)
                 self._maintenance(frame.t_monotonic, stats)
-                now = self.clock()
-                if now - last_ping >= 1.0:
-                    self.notifier.watchdog()
-                    last_ping = now
+                self.notifier.keepalive()
                 if max_frames is not None and stats.frames >= max_frames:
                     break
             if self._active is not None:
