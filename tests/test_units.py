@@ -351,3 +351,26 @@ def test_smart_lock_runs_as_the_unit_starts_it_and_keeps_every_state_file_privat
              if m != (0o40700 if m & 0o40000 else 0o600)}  # fmt: skip
     assert not loose, f"state paths not 0600 (files) / 0700 (dirs) under umask 022: {loose}"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_claim_lines_come_from_the_config_without_a_flag(tmp_path: Path) -> None:
+    """[claims] lines_from: the POS / keypad FIFO of a unit's config, instead of --claims-from;
+    a path that is not there is one line naming the key."""
+    from _cli import assert_input_error, facegate, write_config
+
+    lines = tmp_path / "claims.txt"
+    lines.write_text("s-walkin 42.00 pos-7\n")
+    cfg = write_config(tmp_path / "bakery.toml", tmp_path / "state",
+                       extra=f'[claims]\nlines_from = "{lines}"\n')  # fmt: skip
+    env = cli_env(cfg)
+    assert facegate(env, "keys", "init").returncode == 0
+    frames, fps = clip_frames(DEMO_CLIP, 0, 60)
+    clip = write_clip(tmp_path / "counter.avi", fps, [frames])
+    proc = facegate(env, "run", "--source", f"file:{clip}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    decisions = json.loads(proc.stdout.strip().splitlines()[-1])["decisions"]
+    assert decisions and decisions[0]["subject"] == "s-walkin", decisions  # the file's claim
+
+    lines.unlink()
+    proc = facegate(env, "run", "--source", f"file:{clip}")
+    assert_input_error(proc, "error", "claims.lines_from", str(lines))
