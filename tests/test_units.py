@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -374,3 +375,51 @@ def test_claim_lines_come_from_the_config_without_a_flag(tmp_path: Path) -> None
     lines.unlink()
     proc = facegate(env, "run", "--source", f"file:{clip}")
     assert_input_error(proc, "error", "claims.lines_from", str(lines))
+
+
+def test_the_console_serves_a_technician_inside_its_units_sandbox(tmp_path: Path) -> None:
+    """facegate-console@.service's ExecStart= on a pty (the instance's /dev/%i) under that unit's
+    system-call filter, address families and W^X: login, status and `logs` (which runs
+    journalctl) work, SIGTERM ends it cleanly, and what it writes in the state dir is 0600."""
+    from test_console import Terminal
+
+    from edge.console.auth import hash_pin
+
+    pin = "482915"
+    cfg = tmp_path / "kiosk.toml"
+    cfg.write_text(
+        f'[device]\nid = "kiosk-con-1"\nsite = "lab"\n[paths]\nstate_dir = "{tmp_path / "st"}"\n'
+        f'[console]\npin_hash = "{hash_pin(pin)}"\n[mqtt]\nenabled = false\n'
+    )
+    env = cli_env(cfg)
+    facegate = str(Path(sys.executable).parent / "facegate")
+    subprocess.run([facegate, "keys", "init"], env=env, check=True, capture_output=True,
+                   timeout=60, preexec_fn=login_umask)  # fmt: skip
+    term = Terminal()
+    argv = [facegate if a == INSTALLED_FACEGATE else a for a in exec_start(CONSOLE_UNIT)]
+    argv[argv.index("--port") + 1] = term.name  # the instance's device: a pty here
+    argv[argv.index("--config") + 1] = str(cfg)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                            preexec_fn=unit_sandbox(CONSOLE_UNIT))  # fmt: skip
+    try:
+        term.expect("facegate> ")
+        term.send(b"login\r\n")
+        term.expect("PIN: ")
+        term.send(pin.encode() + b"\r\n")
+        term.expect("logged in")
+        term.expect("facegate> ")
+        term.send(b"status\r\n")
+        assert '"device": "kiosk-con-1"' in term.expect("facegate> ")
+        term.send(b"logs 3\r\n")
+        logs = term.expect("facegate> ")  # journalctl ran inside the filter (no journal here)
+        assert "not available" not in logs and "not permitted" not in logs, logs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+        term.close()
+    assert code == 0
+    state = tmp_path / "st"
+    loose = {str(p.relative_to(state)): f"{stat.S_IMODE(p.stat().st_mode):o}"
+             for p in state.rglob("*")
+             if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)}  # fmt: skip
+    assert not loose, f"console state paths not 0600 / 0700 under umask 022: {loose}"
