@@ -219,6 +219,8 @@ class ClaimsConfig:
     card_port: str = _f("")  # serial card reader, one card number per line ("" = none)
     card_baud: int = _f(9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200))
     bridge_socket: str = _f("")  # POS / keypad bridge Unix socket ("" = none)
+    # A file or FIFO of claim lines 'SUBJECT [AMOUNT] [REF]' ("" = none; `--claims-from` wins)
+    lines_from: str = _f("")
     claim_timeout_s: float = _f(20.0, lo=1.0, hi=600.0)  # an unused claim expires
 
 

@@ -65,14 +65,18 @@ def _claims(
     c = cfg.claims
     queue = ClaimQueue(c.claim_timeout_s)
     inputs = 0
-    if args.claims_from:
-        source: Any = sys.stdin if args.claims_from == "-" else Path(args.claims_from)
+    # The command line wins over the config's file, so a unit's config needs no flag.
+    lines_from = args.claims_from or c.lines_from
+    if lines_from:
+        source: Any = sys.stdin if lines_from == "-" else Path(lines_from)
         if isinstance(source, Path) and (
             not source.exists() or source.is_dir() or not os.access(source, os.R_OK)
         ):
             problem = "no such file or FIFO" if not source.exists() else "cannot be read as one"
+            named = (f"--claims-from {source}" if args.claims_from
+                     else f"claims.lines_from = {source}")  # fmt: skip
             raise FacegateError(
-                f"--claims-from {source}: {problem}; give the FIFO or file the POS / keypad "
+                f"{named}: {problem}; give the FIFO or file the POS / keypad "
                 "bridge writes claim lines to, or '-' for stdin"
             )
         lines = LineClaims(source, "pos", queue=queue, timeout_s=c.claim_timeout_s)
