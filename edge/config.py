@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import re
+import stat
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -458,6 +459,21 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return typing.cast(Config, cfg)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a full config is ~3 KB
+
+
+def read_capped(path: Path, max_bytes: int) -> bytes | None:
+    """The whole file if it holds at most `max_bytes`, else None, reading at most max_bytes + 1
+    bytes (a regular file over the bound: none), so /dev/zero, a FIFO or a huge file given as
+    input never fills memory. Raises OSError as open() and read() do."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
+            return None
+        data = f.read(max_bytes + 1)  # buffered read: loops until the count or EOF (pipes too)
+    return None if len(data) > max_bytes else data
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load the config named by `path`, else $FACEGATE_CONFIG, else the built-in defaults."""
     chosen = path if path is not None else os.environ.get(ENV_CONFIG) or None
@@ -465,11 +481,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return Config()
     p = Path(chosen).expanduser()
     try:
-        raw = p.read_bytes()
+        raw = read_capped(p, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError([f"{p}: file not found; pass --config or set {ENV_CONFIG}"]) from None
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read ({exc.strerror}); check permissions"]) from None
+    if raw is None:
+        raise ConfigError([f"{p}: larger than {MAX_CONFIG_BYTES >> 10} KiB; give a TOML config"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from edge.config import Config
+from edge.config import Config, read_capped
 from edge.errors import FacegateError, TemplateError
 from edge.templates.store import TemplateStore, db_path, open_store, wipe_files
 from edge.trust.keys import load_keys, parse_backend_public_key
-from edge.trust.sealed import decode_sealed_file
+from edge.trust.sealed import MAX_SEALED_FILE_BYTES, decode_sealed_file
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -37,9 +37,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _import(store: TemplateStore, path: Path, cfg: Config) -> int:
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_SEALED_FILE_BYTES)
     except OSError as exc:
         raise TemplateError(f"cannot read {path} ({exc.strerror}); check the path") from None
+    if raw is None:
+        raise TemplateError(
+            f"{path} is larger than {MAX_SEALED_FILE_BYTES >> 10} KiB, more than any sealed "
+            "template; give the file the backend issued"
+        )
     backend = parse_backend_public_key(cfg.backend.public_key)
     info, changed = store.import_sealed(decode_sealed_file(raw), backend)
     verb = "imported" if changed else "already present:"
