@@ -1,4 +1,4 @@
-"""`facegate templates list | import FILE | revoke SUBJECT | wipe [--yes]`."""
+"""`facegate templates list | import FILE | revoke SUBJECT | check | wipe [--yes]`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             return 0
         if args.action == "import":
             return _import(store, Path(args.file), cfg)
+        if args.action == "check":
+            return _check(store)
         if args.action == "revoke":
             info = store.revoke(args.subject)
             print(f"revoked {info.subject} (version {info.version}); ciphertext destroyed")
@@ -50,6 +52,22 @@ def _import(store: TemplateStore, path: Path, cfg: Config) -> int:
     verb = "imported" if changed else "already present:"
     print(f"{verb} {info.subject} version {info.version}, expires {info.as_dict()['expires']}")
     return 0
+
+
+def _check(store: TemplateStore) -> int:
+    """Non-destructive look at the store: 0 when sound, 1 when records do not open, and a
+    TemplateError (exit 2) when SQLite finds the file damaged."""
+    problems, counts, refused = store.check()
+    if problems:
+        raise TemplateError(
+            f"{store.path} fails SQLite's integrity check ({'; '.join(problems[:3])}); restore "
+            f"it from a backup; only if there is none, `facegate templates wipe --yes`"
+        )
+    store.check_readable()
+    for subject, exc in sorted(refused.items()):
+        print(f"unreadable {subject}: {exc.args[0]}", file=sys.stderr)
+    print(json.dumps({"integrity": "ok", **counts, "unreadable": len(refused)}, sort_keys=True))
+    return 1 if refused else 0
 
 
 def _wipe(cfg: Config, yes: bool) -> int:
