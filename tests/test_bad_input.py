@@ -76,7 +76,7 @@ BAD_CONFIGS = {
     # With both thresholds at -1 a stranger was accepted: the range and its reason are named.
     "below-calibration": (
         "[verify]\nthreshold = 0.5\n",
-        ("verify.threshold = 0.5", "must be between 0.9 and 0.97", "strangers match"),
+        ("verify.threshold = 0.5", "must be between 0.9 and 0.97", "of strangers match"),
     ),
     # An id the event schema refuses must never get keys bound to it.
     "bad-id": ('[device]\nid = "kiosk#1"\n', ("device.id = 'kiosk#1'", "ASCII letters")),

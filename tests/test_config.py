@@ -127,7 +127,7 @@ def test_cross_field_rules(text: str, start: str) -> None:
     [
         # Both at -1.0 once accepted a different person; every cosine bound names its reason.
         ("[verify]\nthreshold = -1.0\npayment_threshold = -1.0\n",
-         ("verify.threshold = -1.0: must be between 0.9 and 0.97 (cosine", "strangers match")),
+         ("verify.threshold = -1.0: must be between 0.9 and 0.97 (cosine", "of strangers match")),
         ("[verify]\nthreshold = 0.99\n", ("verify.threshold = 0.99: must be between 0.9",)),
         ("[verify]\npayment_threshold = 0.92\n",
          ("verify.payment_threshold = 0.92: must be between 0.93 and 0.97", "1e-4")),
