@@ -25,7 +25,8 @@ import edge.transport.mqtt as mqtt_mod
 from edge.backend.commands import sign_command
 from edge.config import BackendConfig, Config, DeviceConfig
 from edge.kiosk.uplink import link_for_kiosk
-from edge.transport.outbox import Outbox
+from edge.transport.downlink import RefusalAudit
+from edge.transport.outbox import Outbox, OutboxError
 from edge.transport.topics import cmd_topic
 from edge.trust.commands import MAX_COMMAND_BYTES
 
@@ -115,3 +116,31 @@ def test_forged_commands_are_all_counted_in_audits_including_the_remainder_at_st
     assert counted(published + left) == link.stats.commands_refused
     assert left, f"the refusals of the last window must be written at stop: {published} {queued}"
     assert link.connected.is_set() is False
+
+
+def test_refusal_counts_survive_a_window_and_an_outbox_that_cannot_store_the_audit() -> None:
+    now = [100.0]
+    written: list[str] = []
+    fail = [True]
+
+    def audit(action: str, ok: bool, detail: str) -> None:
+        if fail[0]:  # what Outbox.emit raises when SQLite cannot store the event
+            fail[0] = False
+            raise OutboxError("cannot store console.audit (disk I/O error)")
+        written.append(detail)
+
+    refusals = RefusalAudit(audit, every_s=10.0, clock=lambda: now[0])
+    refusals.refused("signature")  # audited at once, but the write fails: count kept
+    refusals.refused("replay")
+    refusals.tick()  # inside the window: nothing yet
+    assert written == []
+    now[0] += 10.0
+    refusals.tick()
+    assert written == ["2 refused: replay=1, signature=1"]
+    refusals.refused("signature")
+    refusals.tick()
+    assert len(written) == 1
+    refusals.flush()  # the link stops inside the window: the remainder is written anyway
+    assert written[1:] == ["1 refused: signature=1"]
+    refusals.flush()
+    assert len(written) == 2  # nothing pending: no empty audit

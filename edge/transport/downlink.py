@@ -5,6 +5,7 @@ addressee, type and freshness is edge.trust.commands."""
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from edge.trust.commands import Command, CommandError
 from edge.trust.private_db import open_private_db
 
 DOWNLINK_FILE = "downlink.db"
+log = logging.getLogger(__name__)
 
 
 class ReplayGuard:
@@ -97,7 +99,13 @@ class RefusalAudit:
             self._last = self._clock()
         total = sum(pending.values())
         counts = ", ".join(f"{r}={n}" for r, n in sorted(pending.items()))
-        self._audit("cmd.refused", False, f"{total} refused: {counts}")
+        try:
+            self._audit("cmd.refused", False, f"{total} refused: {counts}")
+        except Exception:  # the outbox cannot store it now: keep the counts for the next try
+            log.exception("cannot write the audit of %d refused commands", total)
+            with self._lock:
+                for reason, n in pending.items():
+                    self._pending[reason] = self._pending.get(reason, 0) + n
 
 
 # ---- standard handlers ----------------------------------------------------------------------
