@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file")
     t = tsub.add_parser("revoke", parents=[common])
     t.add_argument("subject")
+    tsub.add_parser("check", parents=[common], help="integrity check, changes nothing")
     t = tsub.add_parser("wipe", parents=[common])
     t.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler="templates")

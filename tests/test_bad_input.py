@@ -73,13 +73,23 @@ BAD_CONFIGS = {
         "[liveness]\near_threshold = 1.7\n",
         ("liveness.ear_threshold = 1.7", "must be between 0.05 and 0.5"),
     ),
+    # With both thresholds at -1 a stranger was accepted: the range and its reason are named.
+    "below-calibration": (
+        "[verify]\nthreshold = 0.5\n",
+        ("verify.threshold = 0.5", "must be between 0.9 and 0.97", "of strangers match"),
+    ),
+    # An id the event schema refuses must never get keys bound to it.
+    "bad-id": ('[device]\nid = "kiosk#1"\n', ("device.id = 'kiosk#1'", "ASCII letters")),
 }
 
 
 # Every kind of problem for the commands that touch the state; one kind for the rest.
 CONFIG_CASES = [
-    (kind, cmd) for kind in BAD_CONFIGS for cmd in ("keys-init", "templates-list", "verify", "run")
+    (kind, cmd)
+    for kind in ("syntax", "unknown-key", "out-of-range")
+    for cmd in ("keys-init", "templates-list", "verify", "run")
 ] + [("out-of-range", cmd) for cmd in ("enroll", "bench", "outbox-status", "console-codes")]
+CONFIG_CASES += [("bad-id", "keys-init"), ("bad-id", "run"), ("below-calibration", "verify")]
 
 
 @pytest.mark.parametrize(("kind", "command"), CONFIG_CASES)

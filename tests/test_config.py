@@ -97,8 +97,8 @@ def test_every_problem_is_reported_at_once() -> None:
          "liveness.min_blink_ms = 800: must be below"),
         ("[quality]\nmin_brightness = 200.0\nmax_brightness = 100.0\n",
          "quality.min_brightness = 200: must be below"),
-        ("[verify]\nthreshold = 0.9\npayment_threshold = 0.5\n",
-         "verify.payment_threshold = 0.5: must be at least"),
+        ("[verify]\nthreshold = 0.95\npayment_threshold = 0.94\n",
+         "verify.payment_threshold = 0.94: must be at least"),
         ("[session]\nlockout_base_s = 100.0\nlockout_max_s = 10.0\n",
          "session.lockout_base_s = 100: must not exceed"),
         ("[mqtt]\ntls = true\n", "mqtt.ca_file = '': must name the CA"),
@@ -106,6 +106,13 @@ def test_every_problem_is_reported_at_once() -> None:
         ('[actuator]\nkind = "serial"\n', "actuator.serial_port = '': must name a port"),
         ('[device]\nid = "a/b"\n', "device.id = 'a/b': must be 1-64 ASCII letters, digits"),
         ('[device]\nsite = "x+y"\n', "device.site = 'x+y': must be 1-64 ASCII letters, digits"),
+        ('[device]\nid = "kiosk#1"\n', "device.id = 'kiosk#1': must be 1-64 ASCII"),
+        ('[device]\nid = "kiosk 1"\n', "device.id = 'kiosk 1': must be 1-64 ASCII"),
+        ('[device]\nid = "kiosk-ü"\n', "device.id = 'kiosk-ü': must be 1-64 ASCII"),
+        ('[fare_gate]\ngate = "gate 3"\n', "fare_gate.gate = 'gate 3': must be 1-64 ASCII"),
+        ('[smart_lock]\ndoor = ""\n', "smart_lock.door = '': must be 1-64 ASCII"),
+        ('[smart_lock]\nhousehold = ["ten ant"]\n', "smart_lock.household: 'ten ant': must be"),
+        ('[bakery]\ncurrency = "yuan"\n', "bakery.currency = 'yuan': must be an ISO 4217 code"),
         ('[smart_lock]\nmax_household = 1\nhousehold = ["a", "b"]\n',
          "smart_lock.household: 2 subjects: must be at most"),
     ],
@@ -113,6 +120,36 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_cross_field_rules(text: str, start: str) -> None:
     (msg,) = problems(text)
     assert msg.startswith(start), msg
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        # Both at -1.0 once accepted a different person; every cosine bound names its reason.
+        ("[verify]\nthreshold = -1.0\npayment_threshold = -1.0\n",
+         ("verify.threshold = -1.0: must be between 0.9 and 0.97 (cosine", "of strangers match")),
+        ("[verify]\nthreshold = 0.99\n", ("verify.threshold = 0.99: must be between 0.9",)),
+        ("[verify]\npayment_threshold = 0.92\n",
+         ("verify.payment_threshold = 0.92: must be between 0.93 and 0.97", "1e-4")),
+        ("[liveness]\npad_threshold = 0.05\n",
+         ("liveness.pad_threshold = 0.05: must be between 0.15 and 0.9", "replays")),
+        ("[liveness]\ncontinuity_min_similarity = -1.0\n",
+         ("liveness.continuity_min_similarity = -1.0: must be between 0.9 and 0.99",)),
+        ("[templates]\nenroll_min_agreement = 0.0\n",
+         ("templates.enroll_min_agreement = 0.0: must be between 0.8 and 0.99",)),
+    ],
+)
+def test_thresholds_outside_the_calibrated_range_name_the_range_and_why(
+    text: str, fragments: tuple[str, ...]
+) -> None:
+    found = problems(text)
+    assert found and all(f in found[0] for f in fragments), found
+
+
+def test_shipped_thresholds_sit_inside_their_bounds() -> None:
+    for name in ("demo", "fare_gate", "smart_lock", "bakery"):
+        v = load_config(REPO / "config" / f"{name}.toml").verify
+        assert 0.9 <= v.threshold <= v.payment_threshold <= 0.97
 
 
 def test_nan_is_refused() -> None:

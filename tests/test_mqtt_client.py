@@ -338,9 +338,14 @@ def test_signed_commands_are_dispatched_once_and_bad_ones_refused_and_audited(
         ("cmd.templates.revoke", True),
         ("cmd.refused", False),
     ]
-    assert got[1]["detail"].startswith("replay")
-    # The forged one came within the audit rate limit: counted, not audited separately.
+    assert got[1]["detail"] == "1 refused: replay=1"
+    # The forged one came within the audit rate limit: counted, and its audit written when the
+    # link stopped (it waits in the outbox for the next connection).
     assert link.stats.commands_refused == {"replay": 1, "signature": 1}
+    left = [json.loads(item.payload) for item in outbox.peek(100)]
+    assert [e["detail"] for e in left if e.get("action") == "cmd.refused"] == [
+        "1 refused: signature=1"
+    ]
     assert (state_dir / "downlink.db").exists()  # the replay guard lives in the state dir
 
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import stat
 import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 import cv2
+import imagesize
 import numpy as np
 
 from edge.camera.base import Frame, ImageRGB
 from edge.config import CameraConfig
 from edge.errors import SourceError
 
+# Bounds on a file source, checked before decoding: 12.6 MP holds the full frame of every
+# Raspberry Pi camera (HQ 4056x3040, Module 3 4608x2592) and a file size no such image needs.
+# `facegate enroll` peaks at 213 MB resident on a 12 MP photo, 246 MB on 16.8 MP (budget 250).
+MAX_IMAGE_PIXELS = 4096 * 3072
+MAX_IMAGE_FILE_BYTES = 64 << 20
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
 
 
@@ -33,14 +41,50 @@ def to_rgb(image: np.ndarray) -> ImageRGB:
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
 
 
-def read_image(path: Path, uri: str) -> ImageRGB:
-    """Decode one image file as RGB, raising SourceError naming the URI when it cannot be read."""
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if data is None or data.size == 0:
+def check_image_size(path: Path, uri: str) -> None:
+    """Refuse an image file over MAX_IMAGE_FILE_BYTES, or whose header declares more than
+    MAX_IMAGE_PIXELS, before a byte of pixels is decoded (a 20000x20000 PNG of zeros is 390 KB
+    on disk and 1.2 GB decoded)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SourceError(f"{uri}: cannot read {path} ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
         raise SourceError(f"{uri}: cannot read {path} (empty or not a file)")
+    if st.st_size > MAX_IMAGE_FILE_BYTES:
+        raise SourceError(
+            f"{uri}: {path} is {st.st_size / 1e6:.0f} MB, over the {MAX_IMAGE_FILE_BYTES >> 20} "
+            "MiB an image source may be; give a camera-sized image"
+        )
+    try:
+        width, height = imagesize.get(path)  # reads the header only
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{uri}: cannot read the image header of {path} ({exc})") from None
+    if width <= 0 or height <= 0:
+        raise SourceError(f"{uri}: {path} is not a decodable image (corrupt or unknown format)")
+    _check_pixels(uri, path, width, height)
+
+
+def _check_pixels(uri: str, path: Path, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise SourceError(
+            f"{uri}: {path} is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.1f} MP (4096x3072) a source frame may have; scale it down"
+        )
+
+
+def read_image(path: Path, uri: str) -> ImageRGB:
+    """Decode one image file as RGB, raising SourceError naming the URI when it cannot be read
+    or is larger than the bounds (checked from the file size and header, before decoding)."""
+    check_image_size(path, uri)
+    data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    del data
     if image is None or image.size == 0:
         raise SourceError(f"{uri}: {path} is not a decodable image (corrupt or unknown format)")
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second full copy
+        return typing.cast(ImageRGB, image)
     return to_rgb(image)
 
 
@@ -98,6 +142,13 @@ class FileSource:
             raise SourceError(
                 f"{self.uri}: cannot open {self.path} as a video (corrupt or unsupported codec)"
             )
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        try:
+            _check_pixels(self.uri, self.path, width, height)  # before the first frame decodes
+        except SourceError:
+            cap.release()
+            raise
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.5 <= fps <= 1000.0 else self._default_fps
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)

@@ -1,4 +1,4 @@
-"""`facegate templates list | import FILE | revoke SUBJECT | wipe [--yes]`."""
+"""`facegate templates list | import FILE | revoke SUBJECT | check | wipe [--yes]`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from edge.config import Config
+from edge.config import Config, read_capped
 from edge.errors import FacegateError, TemplateError
 from edge.templates.store import TemplateStore, db_path, open_store, wipe_files
 from edge.trust.keys import load_keys, parse_backend_public_key
-from edge.trust.sealed import decode_sealed_file
+from edge.trust.sealed import MAX_SEALED_FILE_BYTES, decode_sealed_file
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -28,6 +28,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             return 0
         if args.action == "import":
             return _import(store, Path(args.file), cfg)
+        if args.action == "check":
+            return _check(store)
         if args.action == "revoke":
             info = store.revoke(args.subject)
             print(f"revoked {info.subject} (version {info.version}); ciphertext destroyed")
@@ -37,14 +39,35 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _import(store: TemplateStore, path: Path, cfg: Config) -> int:
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_SEALED_FILE_BYTES)
     except OSError as exc:
         raise TemplateError(f"cannot read {path} ({exc.strerror}); check the path") from None
+    if raw is None:
+        raise TemplateError(
+            f"{path} is larger than {MAX_SEALED_FILE_BYTES >> 10} KiB, more than any sealed "
+            "template; give the file the backend issued"
+        )
     backend = parse_backend_public_key(cfg.backend.public_key)
     info, changed = store.import_sealed(decode_sealed_file(raw), backend)
     verb = "imported" if changed else "already present:"
     print(f"{verb} {info.subject} version {info.version}, expires {info.as_dict()['expires']}")
     return 0
+
+
+def _check(store: TemplateStore) -> int:
+    """Non-destructive look at the store: 0 when sound, 1 when records do not open, and a
+    TemplateError (exit 2) when SQLite finds the file damaged."""
+    problems, counts, refused = store.check()
+    if problems:
+        raise TemplateError(
+            f"{store.path} fails SQLite's integrity check ({'; '.join(problems[:3])}); restore "
+            f"it from a backup; only if there is none, `facegate templates wipe --yes`"
+        )
+    store.check_readable()
+    for subject, exc in sorted(refused.items()):
+        print(f"unreadable {subject}: {exc.args[0]}", file=sys.stderr)
+    print(json.dumps({"integrity": "ok", **counts, "unreadable": len(refused)}, sort_keys=True))
+    return 1 if refused else 0
 
 
 def _wipe(cfg: Config, yes: bool) -> int:

@@ -22,6 +22,7 @@ from edge.vision.types import Embedding
 
 FARS = ("1e-3", "1e-4")
 TARGET_ACCURACY = 0.99
+CONFIG_BOUNDS = (0.80, 0.88, 0.90, 0.93, 0.97)  # edge/config.py [verify] bounds and below
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,12 @@ def calibrate(
         "payment_tar_all_genuine": round(float(np.mean(gen_all >= pay)), 5),
         "images": len(emb),
         "images_without_face": sum(1 for v in emb.values() if v is None),
+        # Where the config bounds of verify.threshold / payment_threshold come from.
+        "far_tar_all_pairs": {
+            f"{t:.2f}": {"far": round(float(np.mean(imp >= t)), 6),
+                         "tar": round(float(np.mean(gen_all >= t)), 5)}
+            for t in CONFIG_BOUNDS
+        },  # fmt: skip
     }
 
 

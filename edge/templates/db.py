@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge.errors import TemplateError
-from edge.trust.private_db import open_private_db
+from edge.trust.private_db import SIDE_SUFFIXES, open_private_db
 
 DB_NAME = "templates.db"
 SCHEMA_VERSION = "1"
@@ -45,13 +45,36 @@ class TemplateDB:
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self.guard(None):
+                _create(self.path)
+        self._refuse_if_emptied()
         with self.guard(None):
             self.conn = open_private_db(
                 self.path, timeout_s=busy_timeout_s, check_same_thread=False, secure_delete=True
             )
             self.conn.executescript(SCHEMA)
+
+    def _refuse_if_emptied(self) -> None:
+        """An existing zero-byte store is a truncated one, never a new one: a store is created
+        whole (see `_create`) and SQLite never shrinks it below its header page, so taking it
+        as new would silently drop every revocation tombstone."""
+        try:
+            size = self.path.stat().st_size
+            wal = Path(f"{self.path}-wal")
+            wal_size = wal.stat().st_size if wal.exists() else 0
+        except OSError as exc:
+            raise TemplateError(
+                f"cannot read {self.path} ({exc.strerror}); check permissions"
+            ) from None
+        if size == 0 and wal_size == 0:
+            raise TemplateError(
+                f"{self.path} is empty (0 bytes): the template store, with its revocation "
+                f"records, was truncated; restore it from a backup. Only if there is none: "
+                f"`facegate templates wipe --yes` starts an empty store, then re-enrol or resync "
+                f"templates from the backend"
+            )
 
     @contextmanager
     def guard(self, subject: str | None) -> Iterator[None]:
@@ -64,13 +87,33 @@ class TemplateDB:
                 raise TemplateError(
                     f"{who}{self.path} is busy (another writer holds it); retry in a moment"
                 ) from None
+            if self._wal_lost(exc):
+                raise TemplateError(
+                    f"{who}{self.path}-wal (the store's write-ahead log) was deleted while "
+                    f"another process (the kiosk) has the store open; the store is intact: "
+                    f"restart that process (`systemctl restart facegate`) so it writes its log "
+                    f"back, then retry - do not wipe"
+                ) from None
             raise self._damaged(who, exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._damaged(who, exc) from None
 
+    def _wal_lost(self, exc: sqlite3.OperationalError) -> bool:
+        """The shared-memory index counts log frames the -wal file no longer has: someone
+        unlinked the log while a connection (the kiosk) still holds the old one open. SQLite
+        then fails every read with a short read until that connection checkpoints or closes."""
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_IOERR_SHORT_READ":
+            return False
+        wal = Path(f"{self.path}-wal")
+        try:
+            return not wal.exists() or wal.stat().st_size == 0
+        except OSError:
+            return False
+
     def _damaged(self, who: str, exc: Exception) -> TemplateError:
         return TemplateError(
-            f"{who}{self.path} is damaged or truncated ({exc}); run `facegate templates wipe "
+            f"{who}{self.path} is damaged or truncated ({exc}); restore it from a backup and "
+            f"run `facegate templates check`; only if there is none, `facegate templates wipe "
             f"--yes`, then re-enrol or resync templates from the backend"
         )
 
@@ -82,9 +125,19 @@ class TemplateDB:
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite has already rolled back after an I/O error: a second ROLLBACK would
+                # replace the real cause with "cannot rollback - no transaction is active".
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+
+    def integrity(self) -> list[str]:
+        """SQLite's own check of every page and index: [] when the file is sound."""
+        with self.guard(None):
+            rows = self.conn.execute("PRAGMA integrity_check").fetchall()
+        problems = [str(r[0]) for r in rows]
+        return [] if problems == ["ok"] else problems
 
     def meta(self) -> dict[str, object]:
         with self.guard(None):
@@ -106,6 +159,30 @@ class TemplateDB:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _create(path: Path) -> None:
+    """A new store appears whole or not at all: built (WAL header, schema) under a temporary
+    name and linked into place, so a crash while creating it never leaves the zero-byte file
+    that `_refuse_if_emptied` reports as a truncated store."""
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    for p in (tmp, *(Path(f"{tmp}{s}") for s in SIDE_SUFFIXES)):
+        p.unlink(missing_ok=True)
+    conn = open_private_db(tmp, secure_delete=True)
+    try:
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()  # the last connection checkpoints and removes the -wal
+    try:
+        os.link(tmp, path)  # fails if another process created the store meanwhile: use theirs
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links
+        if not os.path.lexists(path):
+            os.rename(tmp, path)
+    finally:
+        for p in (tmp, *(Path(f"{tmp}{s}") for s in SIDE_SUFFIXES)):
+            p.unlink(missing_ok=True)
 
 
 def wipe_files(path: Path) -> None:

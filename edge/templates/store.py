@@ -287,6 +287,16 @@ class TemplateStore:
         self._sql.vacuum()
         return int(n)
 
+    def check(self) -> tuple[list[str], dict[str, int], dict[str, TemplateError]]:
+        """(SQLite integrity problems, row count per state, active records that do not open):
+        a read-only look at the whole store; decrypted embeddings are dropped at once."""
+        problems = self._sql.integrity()
+        counts = {ACTIVE: 0, REVOKED: 0, EXPIRED: 0}
+        for info in self.list_all():
+            counts[info.state] = counts.get(info.state, 0) + 1
+        _refs, refused = self.references(None)
+        return problems, counts, refused
+
     def _checkpoint(self) -> None:
         self._sql.checkpoint()
 

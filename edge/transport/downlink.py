@@ -5,7 +5,9 @@ addressee, type and freshness is edge.trust.commands."""
 from __future__ import annotations
 
 import base64
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +18,7 @@ from edge.trust.commands import Command, CommandError
 from edge.trust.private_db import open_private_db
 
 DOWNLINK_FILE = "downlink.db"
+log = logging.getLogger(__name__)
 
 
 class ReplayGuard:
@@ -53,6 +56,56 @@ class ReplayGuard:
 
     def close(self) -> None:
         self._db.close()
+
+
+class RefusalAudit:
+    """Every refused downlink command counted in a `cmd.refused` audit, without letting a flood
+    of junk push real events out of the bounded outbox: the first refusal is audited at once,
+    later ones at most one audit per `every_s` carrying the counts by reason since the last
+    (`refused` or the link's `tick` writes it when the window has passed), and `flush` writes
+    what is left when the link stops. Only a SIGKILL inside a window loses a count."""
+
+    def __init__(
+        self,
+        audit: Callable[[str, bool, str], None],
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._audit, self._every_s, self._clock = audit, every_s, clock
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}  # reason -> refusals not yet in an audit event
+        self._last = -float("inf")
+
+    def refused(self, reason: str) -> None:
+        """Count one refusal; audit now unless an audit went out less than `every_s` ago."""
+        with self._lock:
+            self._pending[reason] = self._pending.get(reason, 0) + 1
+        self.tick()
+
+    def tick(self) -> None:
+        """Write the pending counts if the rate limit allows an audit now (cheap when idle)."""
+        if self._pending and self._clock() - self._last >= self._every_s:
+            self._emit()
+
+    def flush(self) -> None:
+        """Write the pending counts whatever the rate limit (the link is stopping)."""
+        self._emit()
+
+    def _emit(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            if not pending:
+                return
+            self._last = self._clock()
+        total = sum(pending.values())
+        counts = ", ".join(f"{r}={n}" for r, n in sorted(pending.items()))
+        try:
+            self._audit("cmd.refused", False, f"{total} refused: {counts}")
+        except Exception:  # the outbox cannot store it now: keep the counts for the next try
+            log.exception("cannot write the audit of %d refused commands", total)
+            with self._lock:
+                for reason, n in pending.items():
+                    self._pending[reason] = self._pending.get(reason, 0) + n
 
 
 # ---- standard handlers ----------------------------------------------------------------------

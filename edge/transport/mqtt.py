@@ -11,8 +11,11 @@ in flight at a disconnect are re-sent by paho on the same client after reconnect
 Status: `…/status` is retained; the will is "offline", and "online" is published on connect.
 Downlink: `…/cmd` commands are verified (edge/trust/commands.py). Every command, accepted or
 refused, is audited as a signed `console.audit` event (action `cmd.<type>` or `cmd.refused`, ok,
-detail = reason); refusals are audited at most once per `REFUSAL_AUDIT_EVERY_S` so a flood of
-junk cannot push real events out of the bounded outbox.
+detail = reason); refusals are counted by reason and audited at most once per
+`REFUSAL_AUDIT_EVERY_S` so a flood of junk cannot push real events out of the bounded outbox,
+with the counts left over written when the link stops (edge/transport/downlink.RefusalAudit).
+The broker is told the largest packet we take (MQTT v5 Maximum Packet Size), so an oversized
+command is dropped by the broker instead of being read into memory here.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.transport.downlink import ReplayGuard
+from edge.transport.downlink import RefusalAudit, ReplayGuard
 from edge.transport.outbox import Outbox
 from edge.transport.topics import cmd_topic, state_topic, status_topic
-from edge.trust.commands import Command, CommandError, verify_command
+from edge.trust.commands import MAX_COMMAND_BYTES, Command, CommandError, verify_command
 from edge.trust.event_schema import EventError
 from edge.trust.events import EventFactory
 
@@ -110,8 +113,7 @@ class MqttLink:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._cooling: dict[int, float] = {}  # row id -> monotonic time it may be retried
         self._acks: list[int] = []
-        self._last_refusal_audit = -1e9
-        self._suppressed_refusals = 0
+        self._refusals = RefusalAudit(self._audit, REFUSAL_AUDIT_EVERY_S)
         self._thread: threading.Thread | None = None
         self._status = status_topic(site, device_id)
         self._state_topic = state_topic(site, device_id)
@@ -158,11 +160,13 @@ class MqttLink:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        self._refusals.flush()  # refusals not yet audited reach the outbox before we exit
 
     def _run(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # A persistent session keeps the cmd subscription and commands queued while offline.
         props.SessionExpiryInterval = SESSION_EXPIRY_S if self._persistent else 0
+        props.MaximumPacketSize = MAX_COMMAND_BYTES + 4096  # + topic and properties
         first = True
         while not self._stop.is_set():
             try:
@@ -186,6 +190,7 @@ class MqttLink:
                     break
                 self._flush_acks()
                 self._pump()
+                self._refusals.tick()
             self._flush_acks()
             if self._stop.is_set():
                 self._goodbye()
@@ -333,13 +338,7 @@ class MqttLink:
     def _refused(self, reason: str, message: str) -> None:
         self.stats.commands_refused[reason] = self.stats.commands_refused.get(reason, 0) + 1
         log.warning("downlink command refused: %s", message)
-        now = time.monotonic()
-        if now - self._last_refusal_audit < REFUSAL_AUDIT_EVERY_S:
-            self._suppressed_refusals += 1
-            return
-        extra = f" (+{self._suppressed_refusals} more refused)" if self._suppressed_refusals else ""
-        self._last_refusal_audit, self._suppressed_refusals = now, 0
-        self._audit("cmd.refused", False, f"{reason}{extra}")
+        self._refusals.refused(reason)
 
     def _audit(self, action: str, ok: bool, detail: str) -> None:
         if self._factory is None:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edge.config import read_capped
 from edge.errors import KeyStoreError
 
 ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
@@ -163,9 +164,16 @@ def _read_key(path: Path, what: str) -> bytes:
         raise KeyStoreError(f"cannot read {path} ({exc.strerror}); check permissions") from None
     _check_private(path, st, is_dir=False)
     try:
-        raw = path.read_bytes()
+        # A key is 32 bytes or 64 hex characters: never read more than a line of it.
+        capped = read_capped(path, 256)
     except OSError as exc:
         raise KeyStoreError(f"cannot read {path} ({exc.strerror}); check permissions") from None
+    raw = capped if capped is not None else b""
+    if capped is None:
+        raise KeyStoreError(
+            f"{what} key {path} is not 32 raw bytes or 64 hex characters (over 256 bytes); "
+            f"restore it from the provisioning backup or re-provision the device"
+        )
     if len(raw) == KEY_BYTES:
         return raw
     text = raw.strip()

@@ -42,6 +42,8 @@ FORMAT = 1
 HKDF_INFO = b"facegate sealed template v1"
 SIG_BYTES = 64
 MAX_DIM = 4096
+# The largest sealed template (MAX_DIM floats, longest ids) is ~16.6 KB, ~22 KB as base64 text.
+MAX_SEALED_FILE_BYTES = 64 << 10
 
 def check_subject(subject: str) -> str:
     """Return `subject` if it follows the id rule (edge/ids.py), else raise TemplateError."""
