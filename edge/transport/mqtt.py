@@ -152,7 +152,7 @@ class MqttLink:
         self._first = True
         self._supervisor: threading.Thread | None = None
         self._started_at = time.monotonic()
-        self._next_heartbeat = time.monotonic() + min(cfg.heartbeat_s, 5.0)
+        self._next_heartbeat = time.monotonic() + cfg.heartbeat_s  # first after one period
         self._announce, self._persistent = announce_status, persistent_session
         self._last_poll = 0.0
         self._connected_at = -1e9
