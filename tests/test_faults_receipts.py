@@ -5,7 +5,9 @@ the device's outbox settled, because rows leave the outbox only on the backend's
     publishes (broker PUBACKs, queues for the backend's session), the broker host loses power
     (mosquitto SIGKILLed: nothing since start was saved), everything restarts;
 (b) a rogue client on the backend's shared subscription takes events and never books them;
-(c) a link callback raises (outbox full while auditing a refused downlink command).
+(c) a link callback raises (outbox full while auditing a refused downlink command);
+(d) (a) as an operator meets it: a bakery kiosk (`facegate run`, config/bakery.toml) takes
+    payments, the broker is SIGKILLed, and after the restart `facegate outbox drain` settles.
 A device without the backend key (PUBACK deletes, as before receipts) runs beside (a) and (b)
 as the control: it shows each fault really destroys events.
 
@@ -274,3 +276,60 @@ def test_link_keeps_publishing_after_a_callback_raises_and_every_event_is_booked
     _report("callback_raises_outbox_full", result)
     assert booked == payments
 
+
+
+def test_bakery_kiosk_payments_survive_a_broker_power_cut_while_the_backend_is_down(
+    rig: Rig, tmp_path: Path, portrait_enrol: Path, portrait_verify: Path
+) -> None:
+    from _cli import cli_env, facegate
+    from test_profiles_e2e import _frames, empty_scene, enroll, init_device, profile_config
+    from test_profiles_e2e import write_clip as write_avi
+
+    face, fps = _frames(portrait_verify, 0, 150)
+    gap = empty_scene(face[0], 1.0, fps)
+    clip = write_avi(tmp_path / "counter.avi", fps, [face[:50], gap, face[50:100], gap, face[100:]])
+    (tmp_path / "kiosk").mkdir()
+    cfg = profile_config(
+        "bakery", tmp_path / "kiosk", rig.broker, clip, realtime=False,
+        backend={"public_key": rig.backend_public},
+        mqtt={"resend_min_s": 0.3, "resend_max_s": 1.0, "heartbeat_s": 0.0},
+    )  # fmt: skip
+    device, signing_public = init_device(cfg)
+    enroll(cfg, "s-1001", portrait_enrol)
+    backend("devices", "add", device, signing_public, "--db", rig.db)
+    worker = rig.worker()
+    worker.send_signal(signal.SIGTERM)  # down for a deploy, its broker session kept
+    assert worker.wait(20) == 0
+    env = cli_env(cfg)
+    run = facegate(env, "run", "--claim", "s-1001 42.00 pos-7")
+    assert run.returncode == 0, run.stderr[-2000:]
+    events = json.loads(run.stdout.strip().splitlines()[-1])["events"]
+    assert events, run.stdout[-2000:]
+
+    def status() -> dict[str, Any]:
+        r = facegate(env, "outbox", "status")
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    before = status()
+    assert before["queued"] + before["unsettled"] == len(events) and before["settled_total"] == 0
+    rig.broker.kill()  # the broker host loses power
+    rig.broker.start()
+    rig.worker()
+    drain = facegate(env, "outbox", "drain", "--timeout", "30")
+    assert drain.returncode == 0, drain.stdout + drain.stderr[-2000:]
+    after = status()
+    assert json.loads(drain.stdout)["waits_for"] == "receipts"
+    assert (after["pending"], after["settled_total"]) == (0, len(events)), after
+    with Ledger(rig.db) as led:
+        rows = led.query("SELECT type, seq FROM events WHERE device = ?", (device,))
+    booked = sorted(f"{t}:{s}" for t, s in rows)
+    result = {
+        "created": len(events), "booked": len(booked),
+        "double_booked": len(booked) - len(set(booked)),
+        "lost": len(set(events) - set(booked)), "duplicates": rig.duplicates(),
+        "payments": sum(e.startswith("payment.") for e in events),
+        "unsettled_before_power_cut": before["unsettled"],
+    }  # fmt: skip
+    _report("bakery_run_broker_sigkill_backend_down", result)
+    assert booked == sorted(events)
