@@ -154,16 +154,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _receipt_publisher(key_dir: str) -> Any:
-    """Receipts signed with the backend key in --key-dir / $FACEGATE_BACKEND_KEYS; None (and a
-    warning) when neither is given: kiosks with a [backend] public_key then never settle."""
+    """Receipts signed with the backend key in --key-dir / $FACEGATE_BACKEND_KEYS; None when
+    neither is given (the worker warns: kiosks with a [backend] public_key never settle)."""
     from edge.backend.keys import ENV_BACKEND_KEYS, backend_key_dir, load_backend_key_dir
     from edge.backend.receipts import ReceiptPublisher
 
     if not key_dir and not os.environ.get(ENV_BACKEND_KEYS):
-        logging.getLogger("facegate.backend").warning(
-            "no --key-dir / $%s: no settlement receipts are sent; kiosks keep their events "
-            "and publish them again", ENV_BACKEND_KEYS,
-        )  # fmt: skip
         return None
     return ReceiptPublisher(load_backend_key_dir(backend_key_dir(key_dir)))
 

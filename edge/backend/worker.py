@@ -271,6 +271,9 @@ def run_worker(
 ) -> int:
     """Run until `stop` is set (SIGTERM) or the ledger fails; returns the exit code."""
     worker = Worker(handler, options, receipts)
+    if receipts is None:
+        log.warning("no backend key (--key-dir): no settlement receipts are sent; kiosks keep "
+                    "their events and publish them again")  # fmt: skip
     worker.start()
     last = time.monotonic()
     try:
