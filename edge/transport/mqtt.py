@@ -149,6 +149,7 @@ class MqttLink:
         self.settling = backend_public is not None  # rows wait for receipts (module doc)
         self._published: list[int] = []  # rows PUBACKed this turn (settling mode)
         self._receipts: list[Receipt] = []  # verified receipts to apply this turn
+        self._receipts_refused = 0  # refused this turn, not yet counted in the outbox
         self._first = True
         self._supervisor: threading.Thread | None = None
         self._started_at = time.monotonic()
@@ -401,6 +402,9 @@ class MqttLink:
             published, self._published = self._published, []
             self.outbox.mark_published(published, self.cfg.resend_min_s, self.cfg.resend_max_s)
             self.stats.acked += len(published)
+        if self._receipts_refused:
+            refused, self._receipts_refused = self._receipts_refused, 0
+            self.outbox.count_refused_receipts(refused)
         if self._receipts:
             receipts, self._receipts = self._receipts, []
             ranges = [r for receipt in receipts for r in receipt.ranges]
@@ -493,7 +497,7 @@ class MqttLink:
             refused = self.stats.receipts_refused
             refused[exc.reason] = refused.get(exc.reason, 0) + 1
             log.warning("receipt refused: %s", exc)
-            self.outbox.count_refused_receipt()
+            self._receipts_refused += 1  # stored once per loop turn: a junk flood is no fsync flood
             return
         self.stats.receipts_accepted += 1
         self._receipts.append(receipt)

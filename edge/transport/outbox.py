@@ -386,10 +386,10 @@ class Outbox:
             self._notify()  # room again: wake the publisher
         return removed
 
-    def count_refused_receipt(self) -> None:
-        """Count a forged, unsigned or other-device receipt (shown by `outbox status`)."""
+    def count_refused_receipts(self, n: int = 1) -> None:
+        """Count forged, unsigned or other-device receipts (shown by `outbox status`)."""
         with self._tx() as db:
-            self._bump(db, "receipts_refused")
+            self._bump(db, "receipts_refused", n)
 
     def _pending(self, db: sqlite3.Connection) -> int:
         return self._counter(db, "pending")
