@@ -188,6 +188,10 @@ class MqttConfig:
     max_inflight: int = _f(20, lo=1, hi=1000)
     reconnect_min_s: float = _f(0.5, lo=0.05, hi=60.0)
     reconnect_max_s: float = _f(30.0, lo=0.1, hi=3600.0)
+    # Published-but-unsettled events go out again after this back-off (doubling, +-20 %).
+    resend_min_s: float = _f(5.0, lo=0.05, hi=3600.0)
+    resend_max_s: float = _f(300.0, lo=0.1, hi=86400.0)
+    heartbeat_s: float = _f(60.0, lo=0.0, hi=86400.0)  # signed device.status; 0 = none
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def test_unsigned_forged_misaddressed_stale_and_unknown_commands_are_refused(
     stale = sign_command(BACKEND, "kiosk-1", "wipe", {}, seq=13, ts=NOW - 2 * 86_400)
     future = sign_command(BACKEND, "kiosk-1", "wipe", {}, seq=14, ts=NOW + 3600)
     body = {k: v for k, v in good.items() if k != "sig"} | {"type": "reboot", "seq": 15}
-    unknown = canonical.dumps({**body, "sig": BACKEND.sign(canonical.dumps(body)).hex()})
+    signed = b"facegate/v1/command\0" + canonical.dumps(body)
+    unknown = canonical.dumps({**body, "sig": BACKEND.sign(signed).hex()})
     assert refused(unsigned, guard) == "unsigned"
     assert refused(forged, guard) == "signature"
     assert refused(tampered, guard) == "signature"

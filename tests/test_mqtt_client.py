@@ -468,9 +468,14 @@ def test_the_kiosk_state_goes_retained_to_the_state_topic_through_the_link(
     link.start()
     try:
         assert link.connected.wait(10)
+        live = Subscriber(broker, state_topic(SITE, DEVICE))  # there before: sees it sent
         listener = MqttStateListener(link)
         listener.publish(KioskState("blink", {"seconds_left": 1.5}))
         listener.publish(KioskState("approved", {"kind": "fare", "amount": 3.0}))
+        wait_until(
+            lambda: any(b"approved" in m[1] for m in live.take(1, timeout_s=0.2)), 10, "sent"
+        )
+        live.close()
         # Retained: a subscriber arriving later still sees the newest state, and only it.
         seen = Subscriber(broker, state_topic(SITE, DEVICE))
         topic, payload, retained = seen.take(1, timeout_s=10)[0]

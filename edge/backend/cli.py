@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int, default=0, metavar="N", help="oversize limit")
     p.add_argument("--session-expiry", type=int, default=7 * 86400, metavar="S")
     p.add_argument("--stats-every", type=float, default=30.0, metavar="S")
+    _key_dir_arg(p)  # signs settlement receipts; without one devices never settle (warned)
 
     p = sub.add_parser("ledger", help="totals per type and device, amounts per currency")
     _db_arg(p)
@@ -144,9 +145,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    receipts = _receipt_publisher(args.key_dir)
     with Ledger(args.db) as ledger:
         handler = EventHandler(ledger, KeyCache(ledger), args.max_bytes or DEFAULT_MAX_BYTES)
-        return run_worker(handler, options, stop, stats_every_s=args.stats_every)
+        return run_worker(
+            handler, options, stop, stats_every_s=args.stats_every, receipts=receipts
+        )
+
+
+def _receipt_publisher(key_dir: str) -> Any:
+    """Receipts signed with the backend key in --key-dir / $FACEGATE_BACKEND_KEYS; None when
+    neither is given (the worker warns: kiosks with a [backend] public_key never settle)."""
+    from edge.backend.keys import ENV_BACKEND_KEYS, backend_key_dir, load_backend_key_dir
+    from edge.backend.receipts import ReceiptPublisher
+
+    if not key_dir and not os.environ.get(ENV_BACKEND_KEYS):
+        return None
+    return ReceiptPublisher(load_backend_key_dir(backend_key_dir(key_dir)))
 
 
 def _print_totals(t: dict[str, Any]) -> None:

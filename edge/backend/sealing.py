@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from numpy.typing import NDArray
 
 from edge.errors import TemplateError
+from edge.trust import contexts
 from edge.trust.sealed import FORMAT, MAGIC, MAX_DIM, check_subject, derive_key, lp16, raw_public
 
 
@@ -50,4 +51,4 @@ def seal_template(
     )
     ct = AESGCM(key).encrypt(nonce, plain, header)
     body = header + struct.pack(">I", len(ct)) + ct
-    return body + backend_key.sign(body)
+    return body + backend_key.sign(contexts.signed_bytes(contexts.SEALED_TEMPLATE, body))

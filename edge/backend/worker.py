@@ -30,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.backend.devices import KeyCache
 from edge.backend.ledger import Booking, Ledger, Outcome
+from edge.backend.receipts import ReceiptPublisher
 from edge.errors import ConfigError
 from edge.transport.broker_url import BrokerUrl
 from edge.transport.topics import parse_event_topic
@@ -132,8 +133,15 @@ class WorkerOptions:
 class Worker:
     """One backend process's MQTT session; `handler` is called on paho's network thread."""
 
-    def __init__(self, handler: EventHandler, options: WorkerOptions) -> None:
+    def __init__(
+        self,
+        handler: EventHandler,
+        options: WorkerOptions,
+        receipts: ReceiptPublisher | None = None,
+    ) -> None:
         self.handler, self.options = handler, options
+        self.receipts = receipts  # None: no backend key given, devices get no receipts
+        self._commits = 0
         self.counts: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self.failed: BaseException | None = None
@@ -238,6 +246,20 @@ class Worker:
                 return
             client.ack(msg.mid, msg.qos)  # only now, after the ledger committed
             self.counts[verdict.reason or verdict.outcome.value] += 1
+            self._after_commit(client, topic, verdict)
+
+    def _after_commit(self, client: mqtt.Client, topic: str, verdict: Verdict) -> None:
+        """Receipt a booked or duplicate event (edge/backend/receipts.py); never raises."""
+        if self.receipts is None or verdict.outcome not in (Outcome.BOOKED, Outcome.DUPLICATE):
+            return
+        try:
+            site, device, _ = parse_event_topic(topic)  # checked against the event by handle()
+            self._commits += 1
+            seq = int(verdict.key.rpartition(":")[2])
+            ledger_id = f"{self.options.client_id}#{self._commits}"
+            self.receipts.publish_receipts(client, {(site, device): [seq]}, ledger_id)
+        except Exception:  # the event is booked; a lost receipt only causes a redelivery
+            log.exception("cannot publish the receipt for %s", verdict.key)
 
 
 def run_worker(
@@ -245,9 +267,13 @@ def run_worker(
     options: WorkerOptions,
     stop: threading.Event,
     stats_every_s: float = 30.0,
+    receipts: ReceiptPublisher | None = None,
 ) -> int:
     """Run until `stop` is set (SIGTERM) or the ledger fails; returns the exit code."""
-    worker = Worker(handler, options)
+    worker = Worker(handler, options, receipts)
+    if receipts is None:
+        log.warning("no backend key (--key-dir): no settlement receipts are sent; kiosks keep "
+                    "their events and publish them again")  # fmt: skip
     worker.start()
     last = time.monotonic()
     try:

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import shutil
 import sqlite3
 import sys
@@ -26,7 +27,14 @@ from edge.transport.broker_url import BrokerUrl
 from edge.transport.mqtt import MqttLink
 from edge.transport.outbox import OUTBOX_FILE, Outbox
 from edge.trust.events import EventFactory
-from edge.trust.keys import DeviceKeys, init_keys, keys_dir, load_keys, public_keys
+from edge.trust.keys import (
+    DeviceKeys,
+    init_keys,
+    keys_dir,
+    load_keys,
+    parse_backend_public_key,
+    public_keys,
+)
 
 MARKER = "burst-tool-keys"  # in the state dir: this tool created the keys beside it
 
@@ -84,6 +92,8 @@ def _mqtt_config(a: argparse.Namespace) -> MqttConfig:
         cert_file=getattr(a, "cert_file", None) or "",
         key_file=getattr(a, "key_file", None) or "",
         max_inflight=a.max_inflight,
+        resend_min_s=getattr(a, "resend_min_s", 5.0),
+        resend_max_s=getattr(a, "resend_max_s", 300.0),
     )
 
 
@@ -97,9 +107,12 @@ def _burst(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
     # Seqs 1..N (not the clock start of a kiosk's outbox): a burst killed and restarted resumes
     # at its file's counter, and the ledger check is "exactly 1..N, once each".
-    with Outbox(state / OUTBOX_FILE, max_events=10_000_000, seq_start=1) as ob:
+    rng = random.Random(a.seed)
+    with Outbox(state / OUTBOX_FILE, max_events=10_000_000, seq_start=1, rng=rng) as ob:
         factory = EventFactory(a.device, a.site, keys.signing_key)
-        link = MqttLink(mcfg, a.device, a.site, ob)
+        # With the backend's key, rows are kept until its receipts settle them (drain waits).
+        backend = parse_backend_public_key(a.backend_public_key) if a.backend_public_key else None
+        link = MqttLink(mcfg, a.device, a.site, ob, backend_public=backend, rng=rng)
         link.start()
         try:
             created = _last_seq(state / OUTBOX_FILE, a.device)
@@ -118,6 +131,7 @@ def _burst(a: argparse.Namespace) -> int:
                     "created": created,
                     "pending": ob.status()["pending"],
                     "published_acked": link.stats.acked,
+                    "settled": link.stats.settled,
                     "reconnects": max(0, link.stats.connects - 1),
                     "create_s": round(t_created, 3),
                     "elapsed_s": round(elapsed, 3),
@@ -197,6 +211,12 @@ def tool_main(argv: list[str]) -> int:
     b.add_argument("--ca-file")
     b.add_argument("--cert-file")
     b.add_argument("--key-file")
+    b.add_argument("--backend-public-key", default="", metavar="HEX",
+                   help="settle by the backend's signed receipts (drain waits for them)")
+    b.add_argument("--resend-min-s", type=float, default=5.0,
+                   help="first back-off before an unsettled event is published again")
+    b.add_argument("--resend-max-s", type=float, default=300.0, help="cap of that back-off")
+    b.add_argument("--seed", type=int, default=None, help="seed of the back-off jitter")
     m = sub.add_parser("bench", help="measure durable emit rate and publish rate (JSON)")
     m.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     m.add_argument("--count", type=int, default=2000)

@@ -2,13 +2,31 @@
 
 One thread owns the paho client (callback API v2) and drives it with `client.loop()`, so every
 callback, publish and outbox ack happens on that thread. Events are read from the outbox and
-published at QoS 1 with at most `max_inflight` unacknowledged; a row is deleted only after its
-PUBACK carries a success reason code (acks are batched into one transaction per loop turn; a
-crash before that commit only causes a redelivery, which the backend ledger absorbs).
+published at QoS 1 with at most `max_inflight` unacknowledged.
+
+Settlement (when the link has the backend's public key): a PUBACK only marks a row
+published-but-unsettled; the row is deleted when the backend's signed receipt naming it arrives
+on `…/cmd` (edge/trust/receipts.py), and published again after the outbox's back-off
+(`resend_min_s` doubling to `resend_max_s`, +-20 %) until then. A forged, unsigned or other-device
+receipt is refused and counted. Without a backend key (tools, a kiosk not yet provisioned) a row
+is deleted at its successful PUBACK, as before receipts existed. PUBACKs and receipts are applied
+in one transaction per loop turn; a crash before that commit only causes a redelivery.
 Reconnects use jittered exponential back-off (`reconnect_min_s` .. `reconnect_max_s`); messages
 in flight at a disconnect are re-sent by paho on the same client after reconnecting.
 
-Status: `…/status` is retained; the will is "offline", and "online" is published on connect.
+Supervision: every callback body is contained (an exception is logged and counted, never
+re-raised into paho's loop, and `suppress_exceptions` is set as a second net); an exception
+anywhere in a loop turn restarts the connection after a back-off; and a supervisor thread
+restarts the link thread if it ever dies anyway. A signed `device.status` heartbeat (status
+"heartbeat": outbox depth, unsettled count and oldest age, link state, version, uptime) goes out
+every `heartbeat_s` at QoS 0 straight to the broker, NOT through the outbox: it is only worth
+anything while fresh, the next one replaces a lost one, and stored heartbeats would take room
+from payments and flood the backend with stale ones after an outage. Its seq is reserved from
+the device counter like any event's, so the ledger sees seq gaps where a heartbeat was lost.
+
+Status: `…/status` is retained; the will is "offline", and "online" is published on connect. With
+a device key (an event factory) both, and `…/status/state`, are signed documents
+(edge/trust/status.py); without one they stay the bare words (tools only).
 Downlink: `…/cmd` commands are verified (edge/trust/commands.py). Every command, accepted or
 refused, is audited as a signed `console.audit` event (action `cmd.<type>` or `cmd.refused`, ok,
 detail = reason); refusals are counted by reason and audited at most once per
@@ -20,6 +38,8 @@ command is dropped by the broker instead of being read into memory here.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import random
 import ssl
@@ -27,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -35,13 +55,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge import __version__
 from edge.config import MqttConfig
 from edge.transport.downlink import RefusalAudit, ReplayGuard
 from edge.transport.outbox import Outbox
-from edge.transport.topics import cmd_topic, state_topic, status_topic
+from edge.transport.topics import cmd_topic, state_topic, status_topic, topic_for
+from edge.trust import canonical
 from edge.trust.commands import MAX_COMMAND_BYTES, Command, CommandError, verify_command
 from edge.trust.event_schema import EventError
 from edge.trust.events import EventFactory
+from edge.trust.receipts import Receipt, ReceiptError, is_receipt, verify_receipt
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 86_400  # the broker keeps our cmd subscription (and queued commands) a day
@@ -50,7 +73,24 @@ NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason code
 FAILED_RETRY_S = 5.0  # a PUBACK with a failure code: try that event again after this long
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the back-off
 POLL_S = 0.5  # look for rows enqueued by other processes at least this often
+SUPERVISE_S = 1.0  # how often the supervisor checks that the link thread is alive
 CommandHandler = Callable[[Command], None]
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def contained(method: _F) -> _F:
+    """Wrap a link callback: an exception is logged and counted, never raised into paho's loop
+    (paho re-raises callback exceptions, which would end the loop and the link with it)."""
+
+    @functools.wraps(method)
+    def wrapper(self: MqttLink, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:
+            self.stats.callback_errors += 1
+            log.exception("mqtt link: %s failed; contained", method.__name__)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Backoff:
@@ -78,6 +118,13 @@ class LinkStats:
     peak_inflight: int = 0
     commands_accepted: int = 0
     commands_refused: dict[str, int] = field(default_factory=dict)
+    receipts_accepted: int = 0
+    receipts_refused: dict[str, int] = field(default_factory=dict)
+    settled: int = 0
+    callback_errors: int = 0
+    loop_errors: int = 0
+    thread_restarts: int = 0
+    heartbeats: int = 0
 
 
 class MqttLink:
@@ -101,7 +148,15 @@ class MqttLink:
     ) -> None:
         self.cfg, self.device_id, self.site, self.outbox = cfg, device_id, site, outbox
         self._factory, self._handlers, self._guard = factory, dict(handlers or {}), guard
-        self._backend_key = backend_public  # checks downlink commands; None refuses them all
+        self._backend_key = backend_public  # checks commands and receipts; None refuses them
+        self.settling = backend_public is not None  # rows wait for receipts (module doc)
+        self._published: list[int] = []  # rows PUBACKed this turn (settling mode)
+        self._receipts: list[Receipt] = []  # verified receipts to apply this turn
+        self._receipts_refused = 0  # refused this turn, not yet counted in the outbox
+        self._first = True
+        self._supervisor: threading.Thread | None = None
+        self._started_at = time.monotonic()
+        self._next_heartbeat = time.monotonic() + cfg.heartbeat_s  # first after one period
         self._announce, self._persistent = announce_status, persistent_session
         self._last_poll = 0.0
         self._connected_at = -1e9
@@ -139,7 +194,8 @@ class MqttLink:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         if self._announce:
-            c.will_set(self._status, b"offline", qos=1, retain=True)
+            c.will_set(self._status, self._status_doc("offline"), qos=1, retain=True)
+        c.suppress_exceptions = True  # second net behind @contained: paho logs, loop goes on
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -152,25 +208,55 @@ class MqttLink:
     # ---- thread -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._spawn()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="mqtt-link-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
         self._thread.start()
+
+    def _supervise(self) -> None:
+        """Restart the link thread if it died (it should not: _run contains Exceptions)."""
+        while not self._stop.wait(SUPERVISE_S):
+            thread = self._thread
+            if thread is not None and not thread.is_alive() and not self._stop.is_set():
+                self.stats.thread_restarts += 1
+                log.error("mqtt link thread died; restarting it")
+                self.connected.clear()
+                self._spawn()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Say "offline" (retained), disconnect cleanly and join the thread."""
         self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout_s)
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._refusals.flush()  # refusals not yet audited reach the outbox before we exit
 
     def _run(self) -> None:
+        """The link thread: sessions until stopped; a failed turn restarts the connection."""
+        while not self._stop.is_set():
+            try:
+                self._sessions()
+                return
+            except Exception:
+                self.stats.loop_errors += 1
+                log.exception("mqtt link loop failed; reconnecting")
+                self.connected.clear()
+                self._stop.wait(self._backoff.next())
+
+    def _sessions(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # A persistent session keeps the cmd subscription and commands queued while offline.
         props.SessionExpiryInterval = SESSION_EXPIRY_S if self._persistent else 0
         props.MaximumPacketSize = MAX_COMMAND_BYTES + 4096  # + topic and properties
-        first = True
         while not self._stop.is_set():
             try:
-                if first:
+                if self._first:
                     self._client.connect(
                         self.cfg.host,
                         self.cfg.port,
@@ -178,7 +264,7 @@ class MqttLink:
                         clean_start=not self._persistent,
                         properties=props,
                     )
-                    first = False
+                    self._first = False
                 else:
                     self._client.reconnect()
             except (OSError, ssl.SSLError) as exc:
@@ -204,7 +290,8 @@ class MqttLink:
 
     def _goodbye(self) -> None:
         if self.connected.is_set() and self._announce:
-            info = self._client.publish(self._status, b"offline", qos=1, retain=True)
+            offline = self._status_doc("offline")
+            info = self._client.publish(self._status, offline, qos=1, retain=True)
             deadline = time.monotonic() + 2.0
             while not info.is_published() and time.monotonic() < deadline:
                 if self._client.loop(timeout=0.05) != paho.MQTT_ERR_SUCCESS:
@@ -225,10 +312,42 @@ class MqttLink:
         with self._state_lock:
             payload, self._state_payload = self._state_payload, None
         if payload is not None and self.connected.is_set():
+            if self._factory is not None:
+                payload = self._factory.sign_status(json.loads(payload))
             self._client.publish(self._state_topic, payload, qos=0, retain=True)
+
+    def _status_doc(self, state: str) -> bytes:
+        """The retained …/status payload: signed when the link has the device key."""
+        if self._factory is None:
+            return state.encode()
+        return self._factory.sign_status({"state": state})
+
+    def _heartbeat(self) -> None:
+        """Publish a signed device.status heartbeat when due (QoS 0, not stored: module doc)."""
+        now = time.monotonic()
+        if (
+            self._factory is None
+            or self.cfg.heartbeat_s <= 0
+            or now < self._next_heartbeat
+            or not self.connected.is_set()
+        ):
+            return
+        self._next_heartbeat = now + self.cfg.heartbeat_s
+        st = self.outbox.status()
+        seq = self.outbox.next_seq(self._factory.device_id)
+        event = self._factory.build(
+            "device.status", seq, status="heartbeat",
+            outbox_pending=st["pending"], outbox_unsettled=st["unsettled"],
+            oldest_unsettled_s=st["oldest_unsettled_age_s"], outbox_full=st["full"],
+            link="connected", version=__version__,
+            uptime_s=round(now - self._started_at, 1),
+        )  # fmt: skip
+        self._client.publish(topic_for(event.event), event.payload, qos=0)
+        self.stats.heartbeats += 1
 
     def _pump(self) -> None:
         self._send_state()
+        self._heartbeat()
         room = self.cfg.max_inflight - len(self._inflight)
         if not self.connected.is_set() or room <= 0:
             return
@@ -252,12 +371,22 @@ class MqttLink:
         if len(items) == room:
             self._dirty = True  # there may be more behind the window
 
+    @contained
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any
     ) -> None:
         row = self._inflight.pop(mid, None)
         if row is None:
             return  # the status message
+        if self.settling:
+            # Any PUBACK, success or not: the row waits for its receipt and goes out again
+            # after the back-off. A failure code only gets a log line.
+            if rc.is_failure or getattr(rc, "value", 0) == NO_MATCHING_SUBSCRIBERS:
+                log.warning("broker did not deliver event row %d: %s", row, rc)
+                self.stats.puback_failures += 1
+            self._published.append(row)
+            self._dirty = True
+            return
         if rc.is_failure or getattr(rc, "value", 0) == NO_MATCHING_SUBSCRIBERS:
             # 0x10 is a "success" code, but it means nobody received the event: right after a
             # broker restart the backend's shared subscription may not be back yet. Keep the
@@ -274,13 +403,25 @@ class MqttLink:
             acks, self._acks = self._acks, []
             self.outbox.ack(acks)
             self.stats.acked += len(acks)
+        if self._published:
+            published, self._published = self._published, []
+            self.outbox.mark_published(published, self.cfg.resend_min_s, self.cfg.resend_max_s)
+            self.stats.acked += len(published)
+        if self._receipts_refused:
+            refused, self._receipts_refused = self._receipts_refused, 0
+            self.outbox.count_refused_receipts(refused)
+        if self._receipts:
+            receipts, self._receipts = self._receipts, []
+            ranges = [r for receipt in receipts for r in receipt.ranges]
+            self.stats.settled += self.outbox.settle(self.device_id, ranges)
 
     def pending(self) -> int:
-        """Events not yet acknowledged (outbox rows, including those in flight)."""
+        """Events not yet settled (or acknowledged, without a backend key): outbox rows."""
         return int(self.outbox.status()["pending"])
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until the outbox is empty; False on timeout."""
+        """Wait until the outbox is empty (every row settled by a receipt, or acknowledged without
+        a backend key); False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.pending() == 0:
@@ -290,6 +431,7 @@ class MqttLink:
 
     # ---- connection callbacks -----------------------------------------------------------
 
+    @contained
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any
     ) -> None:
@@ -301,10 +443,11 @@ class MqttLink:
         self.connected.set()
         self._dirty = True
         if self._announce:
-            client.publish(self._status, b"online", qos=1, retain=True)
-        if self._factory is not None and self._guard is not None:
-            client.subscribe(self._cmd, qos=1)
+            client.publish(self._status, self._status_doc("online"), qos=1, retain=True)
+        if (self._factory is not None and self._guard is not None) or self.settling:
+            client.subscribe(self._cmd, qos=1)  # commands and receipts
 
+    @contained
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any
     ) -> None:
@@ -314,8 +457,15 @@ class MqttLink:
 
     # ---- downlink -----------------------------------------------------------------------
 
+    @contained
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if msg.topic != self._cmd or self._guard is None:
+        if msg.topic != self._cmd:
+            return
+        payload = bytes(msg.payload)
+        if self._looks_like_receipt(payload):
+            self._on_receipt(payload)
+            return
+        if self._guard is None:
             return
         try:
             cmd = verify_command(bytes(msg.payload), self._backend_key, self.device_id, self._guard)
@@ -334,6 +484,28 @@ class MqttLink:
             self._audit(f"cmd.{cmd.type}", False, f"handler failed: {type(exc).__name__}")
             return
         self._audit(f"cmd.{cmd.type}", True, f"seq {cmd.seq}")
+
+    @staticmethod
+    def _looks_like_receipt(payload: bytes) -> bool:
+        if len(payload) > MAX_COMMAND_BYTES:
+            return False  # refused as a command, unread
+        try:
+            return is_receipt(canonical.loads(payload))
+        except canonical.CanonicalError:
+            return False
+
+    def _on_receipt(self, payload: bytes) -> None:
+        """Check a receipt; a good one is applied after this turn (one transaction)."""
+        try:
+            receipt = verify_receipt(payload, self._backend_key, self.device_id, self.site)
+        except ReceiptError as exc:
+            refused = self.stats.receipts_refused
+            refused[exc.reason] = refused.get(exc.reason, 0) + 1
+            log.warning("receipt refused: %s", exc)
+            self._receipts_refused += 1  # stored once per loop turn: a junk flood is no fsync flood
+            return
+        self.stats.receipts_accepted += 1
+        self._receipts.append(receipt)
 
     def _refused(self, reason: str, message: str) -> None:
         self.stats.commands_refused[reason] = self.stats.commands_refused.get(reason, 0) + 1

@@ -4,9 +4,13 @@ Guarantees (each is a test in tests/test_outbox.py):
 - `emit` reserves the device's next `seq` and stores the signed event in ONE transaction, and
   returns only after the commit is on disk: the kiosk shows a decision or actuates after `emit`
   returns, so a power cut can neither lose a created event nor reuse its seq.
-- A row is deleted only by `ack`, which the MQTT link calls after the broker's PUBACK; a crash
-  before that means the event is published again (the backend ledger is idempotent on
-  `device:seq`).
+- Settlement: a row goes queued -> published-but-unsettled (`mark_published`, at the broker's
+  PUBACK) -> deleted by `settle`, when the backend's signed receipt for its `device:seq` arrives
+  (edge/trust/receipts.py). A PUBACK only means the broker has it: a broker power cut or a rogue
+  subscriber can still lose it, so an unsettled row is published again once its back-off has
+  passed (`[mqtt] resend_min_s` doubling to `resend_max_s`, +-20 % jitter, kept in `next_try`, so a
+  restarted kiosk does not flood the broker). The ledger is idempotent on `device:seq`.
+  `ack` (delete at PUBACK) remains only for links without a backend key to check receipts with.
 - A device's counter starts, in a new outbox file, at the wall clock in microseconds (not at 1):
   an outbox moved aside (damaged) or lost with the state directory, while the device keys
   survive (systemd credentials), must not reuse a `device:seq` the backend has already booked
@@ -30,6 +34,7 @@ locking serialises them.
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
 import threading
 import time
@@ -60,7 +65,18 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_by_payment ON outbox(payment, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-_COUNTERS = ("pending", "enqueued", "acked", "dropped", "full_reported")
+# Settlement columns, added to files made before receipts existed (migration in __init__).
+_COLUMNS = {
+    "device": "TEXT",
+    "seq": "INTEGER",
+    "published_ts": "REAL",  # first PUBACK (wall clock); NULL while only queued
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "next_try": "REAL NOT NULL DEFAULT 0",  # an unsettled row may be published again from here
+}
+_COUNTERS = (
+    "pending", "enqueued", "acked", "dropped", "full_reported", "settled", "receipts_refused",
+)  # fmt: skip
+RESEND_JITTER = 0.2
 
 
 class OutboxFullError(FacegateError):
@@ -92,8 +108,10 @@ class Outbox:
         max_events: int = 100_000,
         clock: Callable[[], float] = time.time,
         seq_start: int | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.path, self.max_events, self._clock = Path(path), max_events, clock
+        self._rng = rng or random.Random()  # resend jitter
         # Where a device's counter starts when this file has none yet (module doc).
         self._seq_start = seq_start if seq_start is not None else max(1, int(clock() * 1_000_000))
         self._lock = threading.RLock()
@@ -111,6 +129,7 @@ class Outbox:
                 # (executescript would COMMIT on its own, outside this transaction)
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(stmt)
+                self._migrate(db)
                 for name in _COUNTERS:
                     db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
                 # `pending` is kept in step by every transaction; recount once at open to be sure.
@@ -127,6 +146,20 @@ class Outbox:
                 f"may hold unsent events) and restart"
             ) from None
         self._listeners: list[Callable[[], None]] = []
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Add the settlement columns to an older file; its rows count as never published."""
+        have = {str(r[1]) for r in db.execute("PRAGMA table_info(outbox)")}
+        for name, decl in _COLUMNS.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+        if "seq" not in have:  # `key` is `device:seq`; ids never contain ':' (edge/ids.py)
+            db.execute(
+                "UPDATE outbox SET device = substr(key, 1, instr(key, ':') - 1), "
+                "seq = CAST(substr(key, instr(key, ':') + 1) AS INTEGER) WHERE seq IS NULL"
+            )
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_by_seq ON outbox(device, seq)")
 
     # ---- transactions -------------------------------------------------------------------
 
@@ -240,8 +273,8 @@ class Outbox:
             self._bump(db, "pending", -1)
             dropped = True
         db.execute(
-            "INSERT INTO outbox(key, type, topic, payload, payment, created_ts) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox(key, type, topic, payload, payment, created_ts, device, seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.key,
                 event.type,
@@ -249,6 +282,8 @@ class Outbox:
                 event.payload,
                 int(event.type in PAYMENT_TYPES),
                 self._clock(),
+                str(event.event["device"]),
+                event.seq,
             ),
         )
         self._bump(db, "enqueued")
@@ -277,14 +312,16 @@ class Outbox:
     # ---- consuming ----------------------------------------------------------------------
 
     def peek(self, limit: int, exclude: Iterable[int] = ()) -> list[OutboxItem]:
-        """Oldest `limit` queued events, skipping ids in `exclude` (already in flight)."""
+        """Oldest `limit` events due for publishing (queued, or unsettled past their back-off),
+        skipping ids in `exclude` (already in flight)."""
         skip = sorted(set(exclude))
         marks = ",".join("?" * len(skip))
-        where = f"WHERE id NOT IN ({marks})" if skip else ""
+        where = f"AND id NOT IN ({marks})" if skip else ""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT id, key, topic, payload FROM outbox {where} ORDER BY id LIMIT ?",
-                (*skip, limit),
+                "SELECT id, key, topic, payload FROM outbox "
+                f"WHERE (published_ts IS NULL OR next_try <= ?) {where} ORDER BY id LIMIT ?",
+                (self._clock(), *skip, limit),
             ).fetchall()
         return [OutboxItem(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
 
@@ -302,6 +339,58 @@ class Outbox:
                 db.execute("UPDATE counters SET value = 0 WHERE name = 'full_reported'")
         return removed
 
+    def resend_delay_s(self, attempts: int, min_s: float, max_s: float) -> float:
+        """Back-off before publishing an unsettled event again after `attempts` publishes:
+        min_s doubling per attempt up to max_s, times U(0.8, 1.2)."""
+        base = min(max(max_s, min_s), min_s * 2.0 ** min(max(attempts - 1, 0), 60))
+        return base * self._rng.uniform(1 - RESEND_JITTER, 1 + RESEND_JITTER)
+
+    def mark_published(
+        self, ids: Sequence[int], resend_min_s: float = 5.0, resend_max_s: float = 300.0
+    ) -> int:
+        """Record a PUBACK: the rows become published-but-unsettled and wait for a receipt; each
+        may be published again after its back-off. Returns the rows still present."""
+        if not ids:
+            return 0
+        now, lo, hi = self._clock(), resend_min_s, resend_max_s
+        with self._tx() as db:
+            marked = 0
+            for i in ids:
+                row = db.execute("SELECT attempts FROM outbox WHERE id = ?", (i,)).fetchone()
+                if row is None:
+                    continue  # already settled (the receipt overtook the PUBACK)
+                attempts = int(row[0]) + 1
+                db.execute(
+                    "UPDATE outbox SET published_ts = COALESCE(published_ts, ?), attempts = ?, "
+                    "next_try = ? WHERE id = ?",
+                    (now, attempts, now + self.resend_delay_s(attempts, lo, hi), i),
+                )
+                marked += 1
+        return marked
+
+    def settle(self, device: str, ranges: Iterable[tuple[int, int]]) -> int:
+        """Delete the events a verified receipt names (idempotent); returns rows removed."""
+        with self._tx() as db:
+            removed = 0
+            for first, last in ranges:
+                removed += db.execute(
+                    "DELETE FROM outbox WHERE device = ? AND seq BETWEEN ? AND ?",
+                    (device, first, last),
+                ).rowcount
+            if removed:
+                self._bump(db, "settled", removed)
+                self._bump(db, "pending", -removed)
+                if self._pending(db) < 0.9 * self.max_events:
+                    db.execute("UPDATE counters SET value = 0 WHERE name = 'full_reported'")
+        if removed:
+            self._notify()  # room again: wake the publisher
+        return removed
+
+    def count_refused_receipts(self, n: int = 1) -> None:
+        """Count forged, unsigned or other-device receipts (shown by `outbox status`)."""
+        with self._tx() as db:
+            self._bump(db, "receipts_refused", n)
+
     def _pending(self, db: sqlite3.Connection) -> int:
         return self._counter(db, "pending")
 
@@ -314,13 +403,24 @@ class Outbox:
                 db.execute("SELECT COUNT(*) FROM outbox WHERE payment = 1").fetchone()[0]
             )
             oldest = db.execute("SELECT MIN(created_ts) FROM outbox").fetchone()[0]
+            unsettled, oldest_unsettled = db.execute(
+                "SELECT COUNT(*), MIN(created_ts) FROM outbox WHERE published_ts IS NOT NULL"
+            ).fetchone()
             by_type = dict(db.execute("SELECT type, COUNT(*) FROM outbox GROUP BY type").fetchall())
             counters = {n: self._counter(db, n) for n in _COUNTERS}
+        now = self._clock()
         return {
+            "queued": pending - int(unsettled),
+            "unsettled": int(unsettled),
+            "settled_total": counters["settled"],
+            "oldest_unsettled_age_s": (
+                None if oldest_unsettled is None else round(now - oldest_unsettled, 3)
+            ),
+            "receipts_refused_total": counters["receipts_refused"],
             "pending": pending,
             "pending_payments": payments,
             "pending_by_type": by_type,
-            "oldest_age_s": None if oldest is None else round(self._clock() - oldest, 3),
+            "oldest_age_s": None if oldest is None else round(now - oldest, 3),
             "max_events": self.max_events,
             "full": pending >= self.max_events,
             "enqueued_total": counters["enqueued"],

@@ -30,9 +30,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.ids import is_valid_id
+from edge.trust import contexts
 from edge.trust.private_db import immediate, open_private_db
 
-CONTEXT = b"facegate claim token v1\0"
+CONTEXT = contexts.CLAIM_TOKEN
 VERSION = 1
 NONCE_BYTES = 8
 SIG_BYTES = 64

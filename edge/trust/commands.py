@@ -1,12 +1,13 @@
 """Signed downlink commands (backend -> device on `facegate/v1/<site>/<device>/cmd`): checking.
 
 A command is canonical JSON `{v:1, device, type, seq, ts, nonce, body, sig}`; `sig` is the
-backend's Ed25519 signature (hex) over the canonical bytes without `sig`. The device accepts a
-command only if the signature verifies against `[backend] public_key`, it is addressed to
-this device, its type is known, its `ts` is within the freshness window, and its `seq` is
-strictly greater than the last accepted one. The last seq is committed to SQLite before the
-command is handed to its handler, so a replay (even after a reboot) is refused; a command whose
-handler then crashes is not retried by replay - the backend issues a new one.
+backend's Ed25519 signature (hex) over `contexts.COMMAND` + the canonical bytes without `sig`
+(edge/trust/contexts.py: a receipt or any other backend signature never verifies as a command).
+The device accepts a command only if the signature verifies against `[backend] public_key`,
+it is addressed to this device, its type is known, its `ts` is within the freshness window, and
+its `seq` is strictly greater than the last accepted one. The last seq is committed to SQLite
+before the command is handed to its handler, so a replay (even after a reboot) is refused; a
+command whose handler then crashes is not retried by replay - the backend issues a new one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.errors import FacegateError
-from edge.trust import canonical
+from edge.trust import canonical, contexts
 from edge.trust.event_schema import SIG_HEX
 
 COMMAND_TYPES = ("templates.sync", "templates.revoke", "config.reload", "wipe")
@@ -80,7 +81,9 @@ def verify_command(
         raise CommandError("unsigned", "no [backend] public_key configured; commands refused")
     body = {k: v for k, v in cmd.items() if k != "sig"}
     try:
-        backend_public_key.verify(bytes.fromhex(sig), canonical.dumps(body))
+        backend_public_key.verify(
+            bytes.fromhex(sig), contexts.signed_bytes(contexts.COMMAND, canonical.dumps(body))
+        )
     except InvalidSignature:
         raise CommandError("signature", "command signature does not verify") from None
     if set(body) != {"v", "device", "type", "seq", "ts", "nonce", "body"} or body["v"] != 1:

@@ -120,6 +120,10 @@ SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
             "detail": _str0,
             "uptime_s": _num,
             "version": _str,
+            # the heartbeat (edge/transport/mqtt.py): settlement state and link
+            "outbox_unsettled": _nat,
+            "oldest_unsettled_s": lambda v: v is None or (_num(v) and v >= 0),
+            "link": _str,
         },
     ),
 }

@@ -130,6 +130,12 @@ class EventFactory:
         self.validate_fields(type, fields)  # never burn a seq on an invalid event
         return self.build(type, self._seq_store.next_seq(self.device_id), **fields)
 
+    def sign_status(self, fields: Mapping[str, Any]) -> bytes:
+        """A signed status document of this device (edge/trust/status.py), for retained topics."""
+        from edge.trust.status import sign_status
+
+        return sign_status(self._key, self.device_id, self.site, self._clock(), fields)
+
     def validate_fields(self, type: str, fields: Mapping[str, Any]) -> None:
         """Raise EventError if `fields` cannot make a valid event of `type` (no seq used)."""
         self._body(type, 1, fields, 0.0, "0" * 32)

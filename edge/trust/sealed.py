@@ -8,7 +8,7 @@ Used by `facegate templates import FILE` and by the MQTT downlink template sync.
     "FGST" | u8 format=1 | lp16(device id) | lp16(subject) | u32 version
     | i64 created_s | i64 expires_s | u16 dim | 32 B ephemeral X25519 public | 12 B nonce
     | u32 n | n B ciphertext (AES-256-GCM of `dim` little-endian float32, 16 B tag included)
-    | 64 B Ed25519 signature (backend key) over every byte before it
+    | 64 B Ed25519 signature (backend key) over `contexts.SEALED_TEMPLATE` + every byte before it
 
 Sealing key = HKDF-SHA256(X25519(ephemeral, device), salt = ephemeral_pub || device_pub,
 info = "facegate sealed template v1"); the AES-GCM AAD is the whole header (everything before
@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from edge.errors import TemplateError
 from edge.ids import ID_RULE, is_valid_id
+from edge.trust import contexts
 from edge.trust.keys import DeviceKeys
 
 MAGIC = b"FGST"
@@ -44,6 +45,7 @@ SIG_BYTES = 64
 MAX_DIM = 4096
 # The largest sealed template (MAX_DIM floats, longest ids) is ~16.6 KB, ~22 KB as base64 text.
 MAX_SEALED_FILE_BYTES = 64 << 10
+
 
 def check_subject(subject: str) -> str:
     """Return `subject` if it follows the id rule (edge/ids.py), else raise TemplateError."""
@@ -140,7 +142,7 @@ def open_sealed(blob: bytes, keys: DeviceKeys, backend_public: Ed25519PublicKey)
     # Names in messages come from the (not yet authenticated) header: shown, never trusted.
     who = f"subject {subject!r}" if is_valid_id(subject) else "sealed template"
     try:
-        backend_public.verify(sig, blob[:body_end])
+        backend_public.verify(sig, contexts.signed_bytes(contexts.SEALED_TEMPLATE, blob[:body_end]))
     except InvalidSignature:
         raise TemplateError(
             f"{who}: backend signature does not verify (tampered or signed by another backend); "
