@@ -37,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_mqtt_client import DOOR, Subscriber, mqtt_cfg
 
 from edge.backend.commands import sign_command
+from edge.backend.keys import load_backend_key_dir
 from edge.backend.ledger import Ledger
 from edge.transport.downlink import ReplayGuard
 from edge.transport.mqtt import MqttLink
@@ -180,9 +181,10 @@ def test_rogue_on_the_shared_subscription_cannot_make_events_vanish(rig: Rig) ->
 def test_link_keeps_publishing_after_a_callback_raises_and_every_event_is_booked(
     rig: Rig,
 ) -> None:
-    """The outbox holds only unsettled payments (backend down); a refused command's audit then
-    raises OutboxFullError inside paho's on_message. The link must stay up: once the backend
-    is back every payment is booked and settled, and later events go out too."""
+    """The outbox holds only unsettled payments (backend down); a command's audit then raises
+    OutboxFullError inside paho's on_message (a forged command's refusal is kept as a count).
+    The link must stay up: once the backend is back every payment is booked and settled, and
+    later events go out too."""
     device, site = "kiosk-cb", "site-cb"
     key = Ed25519PrivateKey.generate()
     raw = key.public_key().public_bytes_raw().hex()
@@ -207,11 +209,17 @@ def test_link_keeps_publishing_after_a_callback_raises_and_every_event_is_booked
             wait_for(lambda: ob.status()["unsettled"] == 10, 10, "payments published")
             with pytest.raises(OutboxFullError):
                 ob.emit(factory, "payment.authorize", **pay)
+            # A forged wipe: refused, its audit kept as a count while the outbox is full.
             forged = sign_command(Ed25519PrivateKey.generate(), device, "wipe", {}, seq=1)
+            # A genuine command with no handler here: its audit raises OutboxFullError
+            # inside paho's on_message, which the link must contain.
+            backend_key = load_backend_key_dir(rig.key_dir)
+            genuine = sign_command(backend_key, device, "config.reload", {}, seq=2)
             pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
             pub.connect(rig.broker.host, rig.broker.port)
             pub.loop_start()
-            pub.publish(cmd_topic(site, device), forged, qos=1).wait_for_publish(5)
+            for cmd in (forged, genuine):
+                pub.publish(cmd_topic(site, device), cmd, qos=1).wait_for_publish(5)
             pub.loop_stop()
             pub.disconnect()
             wait_for(lambda: link.stats.callback_errors >= 1, 10, "the contained error")
