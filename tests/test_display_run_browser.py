@@ -19,6 +19,7 @@ import pytest
 from _cli import cli_env, facegate
 from conftest import REPO, wait_until
 from test_display_browser import _READ_PAGE, browser  # noqa: F401  (the Chromium fixture)
+from test_profiles_e2e import _frames, empty_scene, write_clip
 
 from edge.kiosk.display.messages import render
 from edge.kiosk.display.state import KioskState
@@ -54,8 +55,12 @@ def test_display_shows_the_kiosk_states_of_a_replayed_session_in_order(
     assert facegate(env, "keys", "init").returncode == 0
     enrolled = facegate(env, "enroll", SUBJECT, "--source", f"file:{portrait_enrol}")
     assert enrolled.returncode == 0, enrolled.stderr
+    # Nobody in view for the first seconds, as at a real counter: the page (loaded once the
+    # kiosk's server is up) must see `look` before the person arrives, however slow the load.
+    face, fps = _frames(portrait_verify)
+    clip = write_clip(tmp_path / "counter.avi", fps, [empty_scene(face[0], 4.0, fps), face])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--source", f"file:{portrait_verify}",
+        [sys.executable, "-m", "edge", "run", "--source", f"file:{clip}",
          "--claim", f"{SUBJECT} 12.50 pos-1"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
