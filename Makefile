@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/facegate demo --config config/demo.toml
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: setup
 	$(BIN)/ruff check edge tests
