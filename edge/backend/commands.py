@@ -9,7 +9,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.ids import id_problem
-from edge.trust import canonical, contexts
+from edge.trust import contexts
 from edge.trust.commands import COMMAND_TYPES, CommandError
 
 
@@ -38,5 +38,4 @@ def sign_command(
         "nonce": os.urandom(16).hex() if nonce is None else nonce,
         "body": body,
     }
-    sig = backend_key.sign(contexts.signed_bytes(contexts.COMMAND, canonical.dumps(cmd))).hex()
-    return canonical.dumps({**cmd, "sig": sig})
+    return contexts.sign_doc(backend_key, contexts.COMMAND, cmd)

@@ -16,12 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.errors import FacegateError
-from edge.trust import canonical, contexts
-from edge.trust.event_schema import SIG_HEX
+from edge.trust import contexts
 
 COMMAND_TYPES = ("templates.sync", "templates.revoke", "config.reload", "wipe")
 MAX_COMMAND_BYTES = 256 * 1024  # a template sync carries sealed templates (~1 KB each)
@@ -66,26 +64,13 @@ def verify_command(
     max_age_s: float | None = MAX_AGE_S,
 ) -> Command:
     """Device side: the verified command, or CommandError with the reason (see module doc)."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandError("too_large", f"command is {len(payload)} bytes > {MAX_COMMAND_BYTES}")
     try:
-        cmd = canonical.loads_canonical(payload)
-    except canonical.CanonicalError as exc:
-        raise CommandError("malformed", str(exc)) from exc
-    if not isinstance(cmd, dict):
-        raise CommandError("malformed", "command is not a JSON object")
-    sig = cmd.get("sig")
-    if not isinstance(sig, str) or not SIG_HEX.fullmatch(sig):
-        raise CommandError("unsigned", "command has no valid 'sig'")
-    if backend_public_key is None:
-        raise CommandError("unsigned", "no [backend] public_key configured; commands refused")
-    body = {k: v for k, v in cmd.items() if k != "sig"}
-    try:
-        backend_public_key.verify(
-            bytes.fromhex(sig), contexts.signed_bytes(contexts.COMMAND, canonical.dumps(body))
+        body = contexts.open_doc(
+            payload, backend_public_key, contexts.COMMAND,
+            what="command", max_bytes=MAX_COMMAND_BYTES,
         )
-    except InvalidSignature:
-        raise CommandError("signature", "command signature does not verify") from None
+    except contexts.SignedDocError as exc:
+        raise CommandError(exc.reason, str(exc)) from None
     if set(body) != {"v", "device", "type", "seq", "ts", "nonce", "body"} or body["v"] != 1:
         raise CommandError("malformed", f"command fields {sorted(body)} are not the v1 set")
     seq, ts, inner = body["seq"], body["ts"], body["body"]

@@ -18,13 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import FacegateError
 from edge.ids import is_valid_id
-from edge.trust import canonical, contexts
-from edge.trust.event_schema import SIG_HEX
+from edge.trust import contexts
 
 KIND = "receipt"
 MAX_RANGES = 1000  # per receipt; the backend splits longer lists
@@ -90,9 +88,7 @@ def sign_receipt(
         "ledger": ledger[:MAX_LEDGER_ID],
         "ts": round(ts, 3),
     }
-    message = canonical.dumps(body)
-    sig = backend_key.sign(contexts.signed_bytes(contexts.RECEIPT, message)).hex()
-    return canonical.dumps({**body, "sig": sig})
+    return contexts.sign_doc(backend_key, contexts.RECEIPT, body)
 
 
 def _ranges(raw: Any) -> tuple[tuple[int, int], ...]:
@@ -116,26 +112,15 @@ def verify_receipt(
     payload: bytes, backend_public_key: Ed25519PublicKey | None, device_id: str, site: str
 ) -> Receipt:
     """Device side: the verified receipt for this device, or ReceiptError with the reason."""
-    if len(payload) > MAX_RECEIPT_BYTES:
-        raise ReceiptError("too_large", f"receipt is {len(payload)} bytes > {MAX_RECEIPT_BYTES}")
     try:
-        doc = canonical.loads_canonical(payload)
-    except canonical.CanonicalError as exc:
-        raise ReceiptError("malformed", str(exc)) from exc
-    if not is_receipt(doc):
-        raise ReceiptError("malformed", "not a receipt")
-    sig = doc.get("sig")
-    if not isinstance(sig, str) or not SIG_HEX.fullmatch(sig):
-        raise ReceiptError("unsigned", "receipt has no valid 'sig'")
-    if backend_public_key is None:
-        raise ReceiptError("unsigned", "no [backend] public_key configured; receipts refused")
-    body = {k: v for k, v in doc.items() if k != "sig"}
-    try:
-        backend_public_key.verify(
-            bytes.fromhex(sig), contexts.signed_bytes(contexts.RECEIPT, canonical.dumps(body))
+        body = contexts.open_doc(
+            payload, backend_public_key, contexts.RECEIPT,
+            what="receipt", max_bytes=MAX_RECEIPT_BYTES,
         )
-    except InvalidSignature:
-        raise ReceiptError("signature", "receipt signature does not verify") from None
+    except contexts.SignedDocError as exc:
+        raise ReceiptError(exc.reason, str(exc)) from None
+    if not is_receipt(body):
+        raise ReceiptError("malformed", "not a receipt")
     if set(body) != {"v", "kind", "device", "site", "ranges", "ledger", "ts"} or body["v"] != 1:
         raise ReceiptError("malformed", f"receipt fields {sorted(body)} are not the v1 set")
     dev, where, ledger, ts = body["device"], body["site"], body["ledger"], body["ts"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.trust import canonical, contexts
-from edge.trust.event_schema import SIG_HEX
+from edge.trust import contexts
+
+MAX_STATUS_BYTES = 4096
 
 
 class StatusError(ValueError):
@@ -28,25 +28,14 @@ def sign_status(
 ) -> bytes:
     """Canonical signed status bytes (fields must not use the envelope names)."""
     body = {**fields, "v": 1, "device": device, "site": site, "ts": round(ts, 3)}
-    message = canonical.dumps(body)
-    sig = signing_key.sign(contexts.signed_bytes(contexts.STATUS, message)).hex()
-    return canonical.dumps({**body, "sig": sig})
+    return contexts.sign_doc(signing_key, contexts.STATUS, body)
 
 
 def verify_status(payload: bytes, device_public_key: Ed25519PublicKey) -> dict[str, Any]:
     """The checked document, or StatusError."""
     try:
-        doc = canonical.loads_canonical(payload)
-    except canonical.CanonicalError as exc:
-        raise StatusError(f"status is not canonical JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not SIG_HEX.fullmatch(str(doc.get("sig", ""))):
-        raise StatusError("status is not a signed document")
-    body = {k: v for k, v in doc.items() if k != "sig"}
-    try:
-        device_public_key.verify(
-            bytes.fromhex(doc["sig"]),
-            contexts.signed_bytes(contexts.STATUS, canonical.dumps(body)),
+        return contexts.open_doc(
+            payload, device_public_key, contexts.STATUS, what="status", max_bytes=MAX_STATUS_BYTES
         )
-    except InvalidSignature:
-        raise StatusError("status signature does not verify") from None
-    return body
+    except contexts.SignedDocError as exc:
+        raise StatusError(f"status refused: {exc}") from None
