@@ -116,7 +116,7 @@ def run_bench(
             capture_output=True, text=True, check=True, timeout=60,
         ).stdout.strip()  # fmt: skip
         with Ledger(db) as led:
-            add_device(led, device, pub)
+            add_device(led, device, pub, "lab")
         logs = [tmp / f"worker-{i}.log" for i in range(n_workers)]
 
         def start_workers(times: int) -> None:

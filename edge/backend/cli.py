@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", default="", metavar="FILE", help="CA that signed the broker cert")
     p.add_argument("--cert", default="", metavar="FILE", help="client certificate (mTLS)")
     p.add_argument("--key", default="", metavar="FILE", help="client private key (mTLS)")
+    p.add_argument("--username", default="", help="MQTT username (with --password-file)")
+    p.add_argument(
+        "--password-file", default="", metavar="FILE",
+        help="file (mode 0600) or $CREDENTIALS_DIRECTORY credential holding the MQTT password",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=500, metavar="N",
+                   help="messages per ledger transaction at most (default %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0, metavar="MS",
+                   help="commit a partial batch once its oldest message waited this long")
+    p.add_argument("--latency-file", default="", help=argparse.SUPPRESS)  # bench only
     p.add_argument(
         "--client-id", default="", help="stable per worker: a restart resumes its broker session"
     )
@@ -70,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = dsub.add_parser("add", help="register or re-key a device")
     a.add_argument("name")
     a.add_argument("pubkey", help="64 hex chars: signing_public from `facegate keys public`")
+    a.add_argument("--site", required=True,
+                   help="the device's site ([device] site); its events must carry it")
     _db_arg(a)
     a = dsub.add_parser("list", help="registered devices and keys")
     a.add_argument("--json", action="store_true")
@@ -120,6 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_worker,
     )
     from edge.transport.broker_url import BrokerUrl
+    from edge.transport.credentials import read_password
 
     broker = BrokerUrl.parse(args.broker)
     for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
@@ -131,9 +144,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError([f"--session-expiry {args.session_expiry}: use 0..4294967295 s"])
     if bool(args.cert) != bool(args.key):
         raise ConfigError(["--cert and --key go together (mutual TLS); give both or neither"])
+    if bool(args.username) != bool(args.password_file):
+        raise ConfigError(["--username and --password-file go together; give both or neither"])
+    if not 1 <= args.batch_size <= 10_000:
+        raise ConfigError([f"--batch-size {args.batch_size}: use 1..10000"])
+    if not 0 <= args.batch_wait_ms <= 10_000:
+        raise ConfigError([f"--batch-wait-ms {args.batch_wait_ms:g}: use 0..10000"])
+    password = read_password(args.password_file, "--password-file") if args.username else ""
     options = WorkerOptions(broker=broker, ca_file=args.ca, cert_file=args.cert,
-                            key_file=args.key, group=args.group,
-                            session_expiry_s=args.session_expiry)  # fmt: skip
+                            key_file=args.key, username=args.username, password=password,
+                            group=args.group, session_expiry_s=args.session_expiry,
+                            batch_size=args.batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+                            latency_file=args.latency_file)  # fmt: skip
     if args.client_id:
         options = dataclasses.replace(options, client_id=args.client_id)
     stop = threading.Event()
@@ -144,7 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with Ledger(args.db) as ledger:
+    with Ledger(args.db, app_name=f"facegate-backend {options.client_id}") as ledger:
         handler = EventHandler(ledger, KeyCache(ledger), args.max_bytes or DEFAULT_MAX_BYTES)
         return run_worker(handler, options, stop, stats_every_s=args.stats_every)
 
@@ -186,8 +208,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
     with Ledger(args.db) as ledger:
         if args.action == "add":
-            add_device(ledger, args.name, args.pubkey)
-            print(f"device {args.name} registered")
+            add_device(ledger, args.name, args.pubkey, args.site)
+            print(f"device {args.name} registered at site {args.site}")
         elif args.action == "remove":
             if not remove_device(ledger, args.name):
                 print(f"device {args.name} is not registered", file=sys.stderr)
@@ -198,7 +220,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([d.__dict__ for d in devices], sort_keys=True))
             for d in [] if args.json else devices:
-                print(f"{d.name}\t{d.public_key_hex}")
+                print(f"{d.name}\t{d.site or '(no site: register again with --site)'}"
+                      f"\t{d.public_key_hex}")  # fmt: skip
     return EXIT_OK
 
 
