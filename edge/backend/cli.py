@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rate", type=float, default=0.0, help="events/s created; 0 = flat out")
     p.add_argument("--max-inflight", type=int, default=20, help="publisher's QoS 1 window")
+    p.add_argument("--devices", type=int, default=1, help="kiosk publishers, one device each")
     p.add_argument(
         "--backend-only", action="store_true",
         help="queue all events first, then time the workers draining them",
@@ -285,7 +286,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_bench(
         args.broker, args.db, args.events, args.workers, args.rate, args.max_inflight,
-        backend_only=args.backend_only,
+        backend_only=args.backend_only, n_devices=args.devices,
     )
     text = json.dumps(result, sort_keys=True, indent=2)
     print(text)
