@@ -83,6 +83,8 @@ def _mqtt_config(a: argparse.Namespace) -> MqttConfig:
         ca_file=a.ca_file or "",
         cert_file=getattr(a, "cert_file", None) or "",
         key_file=getattr(a, "key_file", None) or "",
+        username=getattr(a, "username", None) or "",
+        password_file=getattr(a, "password_file", None) or "",
         max_inflight=a.max_inflight,
     )
 
@@ -197,6 +199,8 @@ def tool_main(argv: list[str]) -> int:
     b.add_argument("--ca-file")
     b.add_argument("--cert-file")
     b.add_argument("--key-file")
+    b.add_argument("--username")
+    b.add_argument("--password-file")
     m = sub.add_parser("bench", help="measure durable emit rate and publish rate (JSON)")
     m.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     m.add_argument("--count", type=int, default=2000)

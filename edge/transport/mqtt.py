@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
+from edge.transport.credentials import read_password
 from edge.transport.downlink import ReplayGuard
 from edge.transport.outbox import Outbox
 from edge.transport.topics import cmd_topic, state_topic, status_topic
@@ -136,6 +137,8 @@ class MqttLink:
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
+        if self.cfg.username:  # the password is read from its 0600 file / credential, here only
+            c.username_pw_set(self.cfg.username, read_password(self.cfg.password_file))
         if self._announce:
             c.will_set(self._status, b"offline", qos=1, retain=True)
         c.on_connect = self._on_connect
