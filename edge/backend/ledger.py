@@ -25,17 +25,18 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge.errors import FacegateError
 from edge.trust.private_db import open_private_db
 
 log = logging.getLogger("facegate.backend")
+T = TypeVar("T")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -217,8 +218,12 @@ class Ledger:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only query in its own (non-locking on SQLite) transaction."""
-        with self.transaction(write=False) as conn:
-            return [tuple(r) for r in self.execute(conn, sql, params).fetchall()]
+
+        def run() -> list[tuple[Any, ...]]:
+            with self.transaction(write=False) as conn:
+                return [tuple(r) for r in self.execute(conn, sql, params).fetchall()]
+
+        return self._retrying(run)
 
     def _create_schema(self) -> None:
         with self.transaction() as conn:
@@ -275,23 +280,28 @@ class Ledger:
         (also within the batch); REPLAY (alert) for other content under a booked device:seq;
         (REJECTED, "nonce_reused") for a new seq whose nonce the device already used. A lost
         PostgreSQL connection is re-opened and the batch retried for `retry_s` (nothing was
-        acknowledged meanwhile; a commit whose answer was lost is retried as duplicates).
+        acknowledged meanwhile; a commit whose answer was lost is retried, and its events are
+        then counted as duplicates: the ledger still holds each once).
         """
         counts: Counter[str] = Counter(rejections or {})
+        return self._retrying(lambda: self._settle_once(bookings, counts, now))
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        """Run `fn`; on PostgreSQL, re-open a lost connection and run it again for `retry_s`."""
         if not self.postgres:
-            return self._settle_once(bookings, counts, now)
+            return fn()
         import psycopg
 
         deadline, delay = time.monotonic() + self.retry_s, 0.2
         while True:
             try:
-                return self._settle_once(bookings, counts, now)
+                return fn()
             except psycopg.OperationalError as exc:  # connection lost, deadlock, server restart
                 if time.monotonic() + delay > deadline:
                     raise LedgerError(
                         f"PostgreSQL unavailable for {self.retry_s:g}s: {_first_line(exc)}"
                     ) from exc
-                log.warning("ledger: %s; retrying the batch in %.1fs", _first_line(exc), delay)
+                log.warning("ledger: %s; retrying in %.1fs", _first_line(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 self._reopen()
