@@ -125,3 +125,18 @@ def test_a_ledger_from_before_nonces_and_sites_is_upgraded_in_place(tmp_path: Pa
         ev = door(f, 1)
         assert _settle(h, [ev, ev]) == [("booked", ""), ("duplicate", "")]
         assert led.keys_by_device() == {"k": [1], "kiosk-c": [1]}
+
+
+def test_settled_seqs_name_what_the_ledger_holds_after_the_commit(handler: EventHandler) -> None:
+    """What the receipts are made from: booked and duplicate events, never refused ones."""
+    from edge.backend.worker import _Pending, settled_seqs
+
+    f = _device(handler, "kiosk-d", "site-d", _fresh())
+    e1, e2 = door(f, 1), door(f, 2)
+    bad = handler.check(topic_for(e1.event), e1.payload[:-2] + b"}}")
+    batch = [_Pending(i, 1, handler.check(topic_for(e.event), e.payload), 0.0)
+             for i, e in enumerate([e1, e2, e1])]  # fmt: skip
+    batch.append(_Pending(9, 1, bad, 0.0))
+    verdicts = handler.settle([p.checked for p in batch])
+    assert [v.outcome.value for v in verdicts] == ["booked", "booked", "duplicate", "rejected"]
+    assert settled_seqs(batch, verdicts) == {"kiosk-d": [1, 2, 1]}

@@ -351,8 +351,9 @@ class Worker:
     def _after_commit(self, batch: Sequence[_Pending], verdicts: Sequence[Verdict]) -> None:
         """The batch is durable in the ledger: only now acknowledge it to the broker.
 
-        This is the one place for work that must follow the commit (settlement receipts to the
-        devices go here). PUBACKs go out in the order the PUBLISHes came (MQTT 4.6).
+        This is the one place for work that must follow the commit: settlement receipts to the
+        devices go here, from `settled_seqs(batch, verdicts)` (device -> seqs now in the
+        ledger). PUBACKs go out in the order the PUBLISHes came (MQTT 4.6).
         """
         for p, verdict in zip(batch, verdicts, strict=True):
             self.client.ack(p.mid, p.qos)
@@ -377,6 +378,17 @@ class Worker:
             "latency_ms": [round(x, 3) for x in self.latencies_ms],
         }
         Path(path).write_text(json.dumps(data))
+
+
+def settled_seqs(batch: Sequence[_Pending], verdicts: Sequence[Verdict]) -> dict[str, list[int]]:
+    """Device -> seqs of the batch that the ledger now holds (booked now or before: a duplicate
+    is a redelivery whose receipt may have been lost, so it is settled again)."""
+    out: dict[str, list[int]] = {}
+    for p, v in zip(batch, verdicts, strict=True):
+        b = p.checked.booking
+        if b is not None and v.outcome in (Outcome.BOOKED, Outcome.DUPLICATE):
+            out.setdefault(b.device, []).append(b.seq)
+    return out
 
 
 def run_worker(
