@@ -83,6 +83,15 @@ def test_payload_is_canonical_and_sig_covers_the_event_without_sig(
     assert topic_for(ev.event) == "facegate/v1/bakery-3/kiosk-1/event/door.unlock"
 
 
+def test_signed_bytes_cut_from_the_payload_equal_the_canonical_body_for_every_type(
+    factory: EventFactory,
+) -> None:
+    for type_, fields in EXAMPLES.items():
+        ev = factory.make(type_, **fields)
+        body = {k: v for k, v in ev.event.items() if k != "sig"}
+        assert parse_signed(ev.payload).signed_bytes == canonical.dumps(body), type_
+
+
 def test_numbers_are_signed_in_rfc8785_form_and_pre_rfc8785_events_still_verify(
     factory: EventFactory, key: Ed25519PrivateKey
 ) -> None:

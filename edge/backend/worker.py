@@ -208,7 +208,8 @@ class Worker:
         self._pending: list[_Pending] = []
         self._stopping = False
         self._committer = threading.Thread(target=self._commit_loop, name="ledger-commit")
-        self.latencies_ms: deque[float] = deque(maxlen=1_000_000)
+        # receive→ack latencies, kept only for the bench (`latency_file`): a worker runs for months
+        self.latencies_ms: deque[float] = deque(maxlen=1_000_000 if options.latency_file else 0)
         self.first_rx_wall = self.last_ack_wall = 0.0  # wall clock (bench)
         self._first_rx_cpu = self._last_ack_cpu = 0.0  # process CPU time (bench)
         self.client = self._make_client()

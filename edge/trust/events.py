@@ -194,11 +194,10 @@ def parse_signed(payload: bytes) -> ParsedEvent:
     if not isinstance(sig, str) or not SIG_HEX.fullmatch(sig):
         raise EventError("schema", "missing or malformed 'sig' (128 lowercase hex chars)")
     validate(event)
-    body = {k: v for k, v in event.items() if k != "sig"}
-    if legacy:
-        signed = canonical.legacy_dumps(body)
-    else:
-        signed = _without_sig(payload, sig) or canonical.dumps(body)
+    signed = None if legacy else _without_sig(payload, sig)
+    if signed is None:
+        body = {k: v for k, v in event.items() if k != "sig"}
+        signed = canonical.legacy_dumps(body) if legacy else canonical.dumps(body)
     return ParsedEvent(event, signed, legacy)
 
 
