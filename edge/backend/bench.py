@@ -104,9 +104,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run one measurement and return its JSON-able result (see module doc).
 
-    `backend_only`: the workers are stopped while the kiosk publishes everything (the broker
+    `backend_only`: the workers are stopped while the kiosks publish everything (the broker
     queues it in their sessions), then restarted; `events_per_s` is then the backend's own
-    drain rate (first to last booking), without the kiosk's outbox in the way.
+    drain rate (first message received to last PUBACK sent), without the outboxes in the way.
     """
     if n_events < 1 or n_workers < 1 or not 1 <= n_devices <= min(n_events, 64):
         raise BenchError("--events and --workers must be ≥ 1, --devices 1..min(events, 64)")
