@@ -182,8 +182,10 @@ class MqttConfig:
     port: int = _f(1883, lo=1, hi=65535)
     tls: bool = _f(False)
     ca_file: str = _f("")
-    cert_file: str = _f("")
+    cert_file: str = _f("")  # client certificate (mutual TLS), with key_file
     key_file: str = _f("")
+    username: str = _f("")  # broker login, with password_file (never a password inline)
+    password_file: str = _f("")  # 0600 file, or a $CREDENTIALS_DIRECTORY credential name
     keepalive_s: int = _f(30, lo=5, hi=3600)
     max_inflight: int = _f(20, lo=1, hi=1000)
     reconnect_min_s: float = _f(0.5, lo=0.05, hi=60.0)
@@ -432,6 +434,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("mqtt.ca_file = '': must name the CA certificate when mqtt.tls = true")
     if bool(cfg.mqtt.cert_file) != bool(cfg.mqtt.key_file):
         problems.append("mqtt.cert_file / mqtt.key_file: give both for mTLS, or neither")
+    if bool(cfg.mqtt.username) != bool(cfg.mqtt.password_file):
+        problems.append("mqtt.username / mqtt.password_file: give both to log in, or neither")
     if cfg.actuator.kind == "serial" and not cfg.actuator.serial_port:
         problems.append("actuator.serial_port = '': must name a port when actuator.kind = 'serial'")
     _id_checks(cfg, problems)

@@ -266,7 +266,7 @@ def make_rig(tmp: Path, broker: Broker, db: str, n_workers: int = 2) -> Rig:
             [*PUBLISHER, "pubkey", "--state-dir", str(state), "--device", device],
             capture_output=True, text=True, check=True, cwd=REPO, timeout=30,
         ).stdout.strip()  # fmt: skip
-        backend("devices", "add", device, pub, "--db", db)
+        backend("devices", "add", device, pub, "--site", "lab", "--db", db)
         for i in range(n_workers):
             rig.start_worker(f"backend-{i + 1}")
     except BaseException:

@@ -27,7 +27,7 @@ F, PUB = factory("kiosk-1", "bakery-1")
 @pytest.fixture
 def handler(tmp_path: Path) -> Iterator[EventHandler]:
     with Ledger(tmp_path / "ledger.db") as led:
-        add_device(led, "kiosk-1", PUB)
+        add_device(led, "kiosk-1", PUB, "bakery-1")
         yield EventHandler(led, KeyCache(led))
 
 
@@ -152,7 +152,7 @@ def _fuzz_handler(factory_: pytest.TempPathFactory) -> EventHandler:
     """One ledger for all examples (opening one per example would dominate the run time)."""
     if not _FUZZ:
         led = Ledger(factory_.mktemp("fuzz") / "ledger.db")
-        add_device(led, "kiosk-1", PUB)
+        add_device(led, "kiosk-1", PUB, "bakery-1")
         _FUZZ.append(EventHandler(led, KeyCache(led)))
     return _FUZZ[0]
 

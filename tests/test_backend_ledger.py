@@ -108,9 +108,9 @@ def test_device_registry_adds_rekeys_lists_and_removes(ledger_target: str) -> No
     f, pub = factory("kiosk-9")
     _, pub2 = factory("kiosk-9")
     with Ledger(ledger_target) as led:
-        add_device(led, "kiosk-9", pub)
+        add_device(led, "kiosk-9", pub, "s1")
         assert [(d.name, d.public_key_hex) for d in list_devices(led)] == [("kiosk-9", pub)]
-        add_device(led, "kiosk-9", pub2.upper())
+        add_device(led, "kiosk-9", pub2.upper(), "s1")
         assert list_devices(led)[0].public_key_hex == pub2
         assert KeyCache(led).get("kiosk-9") is not None
         assert remove_device(led, "kiosk-9")
@@ -130,7 +130,7 @@ def test_registry_refuses_bad_names_and_keys_with_a_clear_error(
     tmp_path: Path, name: str, key: str, error: type[Exception]
 ) -> None:
     with Ledger(tmp_path / "l.db") as led, pytest.raises(error, match="use|hex"):
-        add_device(led, name, key)
+        add_device(led, name, key, "s1")
     with Ledger(tmp_path / "l.db") as led:
         assert list_devices(led) == []
 

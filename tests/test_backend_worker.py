@@ -62,7 +62,7 @@ def test_worker_books_events_and_refuses_bad_ones_without_stopping(
     db = str(tmp_path / "ledger.db")
     f, pub = factory("kiosk-1", "bakery-1")
     stranger, _ = factory("kiosk-1", "bakery-1")
-    backend("devices", "add", "kiosk-1", pub, "--db", db)
+    backend("devices", "add", "kiosk-1", pub, "--site", "bakery-1", "--db", db)
     worker = start_worker(plain_broker.url, db, "w1", tmp_path / "w1.log")
     wait_subscribed(tmp_path / "w1.log", worker)
     c = _publisher(plain_broker)
@@ -111,7 +111,7 @@ def test_worker_over_tls_with_pinned_ca(tmp_path: Path, mtls: bool) -> None:
     with start_mosquitto(tmp_path, tls=True, mtls=mtls) as broker:
         db = str(tmp_path / "ledger.db")
         f, pub = factory("kiosk-2", "gate-1")
-        backend("devices", "add", "kiosk-2", pub, "--db", db)
+        backend("devices", "add", "kiosk-2", pub, "--site", "gate-1", "--db", db)
         extra = ["--ca", str(broker.ca_file)]
         if mtls:
             extra += ["--cert", str(broker.client_cert), "--key", str(broker.client_key)]
@@ -135,7 +135,7 @@ def test_mqtts_without_ca_and_bad_urls_are_one_line_usage_errors(tmp_path: Path)
     assert r.returncode == 2 and "--ca" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = backend("run", "--broker", "http://x", "--db", db, check=False)
     assert r.returncode == 2 and "mqtt://" in r.stderr
-    r = backend("devices", "add", "k", "nothex", "--db", db, check=False)
+    r = backend("devices", "add", "k", "nothex", "--site", "s", "--db", db, check=False)
     assert r.returncode == 2 and "64 hex" in r.stderr
     r = backend("ledger", "--db", str(tmp_path / "missing.db"), check=False)
     assert r.returncode == 2 and "no ledger at" in r.stderr
@@ -145,7 +145,7 @@ def test_mqtts_without_ca_and_bad_urls_are_one_line_usage_errors(tmp_path: Path)
 def test_devices_cli_adds_lists_and_removes(tmp_path: Path) -> None:
     db = str(tmp_path / "l.db")
     _, pub = factory()
-    backend("devices", "add", "kiosk-7", pub, "--db", db)
+    backend("devices", "add", "kiosk-7", pub, "--site", "lab", "--db", db)
     listed = json.loads(backend("devices", "list", "--json", "--db", db).stdout)
     assert [(d["name"], d["public_key_hex"]) for d in listed] == [("kiosk-7", pub)]
     backend("devices", "remove", "kiosk-7", "--db", db)
@@ -164,7 +164,7 @@ def test_a_worker_whose_ledger_fails_stops_without_acking_and_a_restart_books_th
     db = tmp_path / "ledger.db"
     f, pub = factory("kiosk-3", "site-3")
     broken = Ledger(db)
-    add_device(broken, "kiosk-3", pub)
+    add_device(broken, "kiosk-3", pub, "site-3")
     handler = EventHandler(broken, KeyCache(broken))
     handler.keys.get("kiosk-3")  # cached, so only the booking itself hits the dead connection
     broken.close()  # the database "goes away" under the worker

@@ -103,6 +103,7 @@ def test_every_problem_is_reported_at_once() -> None:
          "session.lockout_base_s = 100: must not exceed"),
         ("[mqtt]\ntls = true\n", "mqtt.ca_file = '': must name the CA"),
         ('[mqtt]\ncert_file = "c.pem"\n', "mqtt.cert_file / mqtt.key_file: give both"),
+        ('[mqtt]\nusername = "k1"\n', "mqtt.username / mqtt.password_file: give both"),
         ('[actuator]\nkind = "serial"\n', "actuator.serial_port = '': must name a port"),
         ('[device]\nid = "a/b"\n', "device.id = 'a/b': must be 1-64 ASCII letters, digits"),
         ('[device]\nsite = "x+y"\n', "device.site = 'x+y': must be 1-64 ASCII letters, digits"),

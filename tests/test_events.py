@@ -17,7 +17,13 @@ from edge.transport.seq import SqliteSeqStore
 from edge.transport.topics import cmd_topic, event_topic, parse_event_topic, status_topic, topic_for
 from edge.trust import canonical
 from edge.trust.event_schema import EVENT_TYPES, EventError
-from edge.trust.events import EventFactory, parse_event, verify_event
+from edge.trust.events import (
+    EventFactory,
+    check_signature,
+    parse_event,
+    parse_signed,
+    verify_event,
+)
 
 DECISION = {
     "subject": "s-7f3a",
@@ -75,6 +81,39 @@ def test_payload_is_canonical_and_sig_covers_the_event_without_sig(
     assert ev.event["nonce"] == bytes(range(16)).hex()
     assert ev.key == "kiosk-1:1"
     assert topic_for(ev.event) == "facegate/v1/bakery-3/kiosk-1/event/door.unlock"
+
+
+def test_signed_bytes_cut_from_the_payload_equal_the_canonical_body_for_every_type(
+    factory: EventFactory,
+) -> None:
+    for type_, fields in EXAMPLES.items():
+        ev = factory.make(type_, **fields)
+        body = {k: v for k, v in ev.event.items() if k != "sig"}
+        assert parse_signed(ev.payload).signed_bytes == canonical.dumps(body), type_
+
+
+def test_numbers_are_signed_in_rfc8785_form_and_pre_rfc8785_events_still_verify(
+    factory: EventFactory, key: Ed25519PrivateKey
+) -> None:
+    fields = {**EXAMPLES["door.unlock"], "score": 1.0}
+    ev = factory.make("door.unlock", **fields)
+    assert b'"score":1,' in ev.payload and b'"ts":1700000000,' in ev.payload  # not 1.0
+    assert verify_event(ev.payload, key.public_key())["score"] == 1
+    # An event an older kiosk signed over Python's float repr ("score":1.0) and still holds in
+    # its outbox: accepted as legacy, its signature checked over those legacy bytes.
+    body = {k: v for k, v in ev.event.items() if k != "sig"}
+    old = canonical.legacy_dumps({**body, "sig": key.sign(canonical.legacy_dumps(body)).hex()})
+    assert b'"score":1.0,' in old
+    parsed = parse_signed(old)
+    assert parsed.legacy and check_signature(parsed, key.public_key())["seq"] == ev.seq
+    # ...but the legacy form is no loophole: other bytes for the same value are still refused
+    with pytest.raises(EventError) as err:
+        parse_event(old.replace(b'"score":1.0', b'"score":1.00'))
+    assert err.value.reason == "non_canonical"
+    forged = canonical.legacy_dumps({**body, "score": 0.5, "sig": ev.event["sig"]})
+    with pytest.raises(EventError) as err:
+        verify_event(forged, key.public_key())
+    assert err.value.reason == "signature"
 
 
 def test_seq_is_persisted_and_never_reused_after_reopen(

@@ -164,3 +164,53 @@ def test_backend_worker_sigtermed_mid_burst_and_restarted_loses_and_doubles_noth
     wait_for(lambda: p.poll() is not None, 60, "the publisher to finish")
     assert p.returncode == 0, p.stderr.read() if p.stderr else ""
     _finish(rig, "worker_sigterm", {"stopped_at_booked": target})
+
+
+def test_ledger_connections_terminated_mid_burst_lose_and_double_nothing(
+    tmp_path: Path, rig_factory: list[Rig]
+) -> None:
+    """The shared PostgreSQL cannot be restarted under other users, so the workers' own
+    connections are killed server-side (pg_terminate_backend), three times mid-burst: each worker
+    re-opens its connection and retries the batch it held unacknowledged, without a restart."""
+    import uuid
+
+    import psycopg
+
+    gen = pg_schema_url()
+    read_url = next(gen)
+    app = f"fgfault_{uuid.uuid4().hex[:10]}"  # only these workers' connections carry it
+    try:
+        rng = random.Random(SEED + 2)
+        rig = make_rig(tmp_path, start_mosquitto(tmp_path), f"{read_url}&application_name={app}")
+        rig_factory.append(rig)
+        rig.db = read_url  # the test's own reads are never the ones terminated
+        p = rig.publisher(BURST, "--rate", "400")
+        terminated, at = 0, []
+        with psycopg.connect(_backend.PG_BASE, autocommit=True, connect_timeout=10) as admin:
+            for lo, hi in ((100, 300), (400, 600), (700, 900)):
+                target = rng.randint(lo, hi)
+                wait_for(lambda t=target: _booked(rig) >= t, 60, f"{target} bookings")
+                rows = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s", (app,),
+                ).fetchall()  # fmt: skip
+                terminated += sum(1 for (ok,) in rows if ok)
+                at.append(target)
+        wait_for(lambda: p.poll() is not None, 60, "the publisher to finish")
+        assert p.returncode == 0, p.stderr.read() if p.stderr else ""
+        assert terminated >= 3, "no worker connection was terminated"
+        rig.wait_booked(BURST, 60)
+        codes = rig.stop_all()
+        result = assert_exactly_once(rig, BURST)
+        retries = sum(
+            (tmp_path / f"{n}.log").read_text(errors="replace").count("ledger: ")
+            for n in rig.workers
+        )
+        _report("ledger_connections_terminated", {
+            **result, "terminated_connections": terminated, "terminated_at_booked": at,
+            "worker_retries_logged": retries, "settled_by_workers": dict(rig.settled()),
+        })  # fmt: skip
+        assert codes == {"backend-1": 0, "backend-2": 0}, "the workers must ride it out"
+        assert retries >= 1
+    finally:
+        gen.close()

@@ -24,6 +24,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class Rig:
             [*PUBLISHER, "pubkey", "--state-dir", str(state), "--device", device],
             capture_output=True, text=True, check=True, cwd=REPO, timeout=30,
         ).stdout.strip()  # fmt: skip
-        backend("devices", "add", device, pub, "--db", self.db)
+        backend("devices", "add", device, pub, "--site", "lab", "--db", self.db)  # burst's site
         return state
 
     def worker(self, name: str = "worker-1") -> subprocess.Popen[bytes]:
@@ -188,7 +189,7 @@ def test_link_keeps_publishing_after_a_callback_raises_and_every_event_is_booked
     device, site = "kiosk-cb", "site-cb"
     key = Ed25519PrivateKey.generate()
     raw = key.public_key().public_bytes_raw().hex()
-    backend("devices", "add", device, raw, "--db", rig.db)
+    backend("devices", "add", device, raw, "--site", site, "--db", rig.db)
     factory = EventFactory(device, site, key)
     pay = {**{k: v for k, v in DOOR.items() if k != "door"}, "amount": 420, "currency": "EUR"}
     state = rig.tmp / device
@@ -273,7 +274,8 @@ def test_broker_power_cut_while_the_backend_is_down_loses_nothing_once_receipted
     )  # fmt: skip
     device, signing_public = init_device(cfg)
     enroll(cfg, "s-1001", portrait_enrol)
-    backend("devices", "add", device, signing_public, "--db", rig.db)
+    site = tomllib.loads(cfg.read_text())["device"]["site"]
+    backend("devices", "add", device, signing_public, "--site", site, "--db", rig.db)
     n = 20
     rig.register("kiosk-rcpt")
     rig.register("kiosk-legacy")

@@ -261,8 +261,9 @@ class Backend:
         self.log = tmp / "worker.log"
         self.worker: subprocess.Popen[bytes] | None = None
 
-    def register_and_start(self, device: str, signing_public: str) -> None:
-        backend("devices", "add", device, signing_public, "--db", self.db)
+    def register_and_start(self, device: str, signing_public: str, cfg: Path) -> None:
+        site = tomllib.loads(cfg.read_text())["device"]["site"]  # the registry binds the site
+        backend("devices", "add", device, signing_public, "--site", site, "--db", self.db)
         self.worker = start_worker(self.broker.url, self.db, "worker-1", self.log)
         wait_subscribed(self.log, self.worker)
 
@@ -423,7 +424,7 @@ def test_fare_gate_rider_with_a_qr_token_is_charged_once_and_a_used_token_is_ref
     )  # fmt: skip
     device, signing_public = init_device(cfg)
     enroll(cfg, rider, portrait_enrol)
-    backend_rig.register_and_start(device, signing_public)
+    backend_rig.register_and_start(device, signing_public, cfg)
 
     kiosks.append(run := KioskRun(cfg))
     summary = run.finish()
@@ -458,7 +459,7 @@ def test_fare_gate_rider_tapping_a_card_is_charged_once(
     device, signing_public = init_device(cfg)
     rider = subject_from_number("card", CARD, device_subject_key(cfg))
     enroll(cfg, rider, portrait_enrol)
-    backend_rig.register_and_start(device, signing_public)
+    backend_rig.register_and_start(device, signing_public, cfg)
 
     kiosks.append(run := KioskRun(cfg))
     run.wait_err(f"card reader {card.path} open")
@@ -522,7 +523,7 @@ def test_bakery_payment_below_and_above_the_step_up_amount_over_the_bridge(
     device, signing_public = init_device(cfg)
     customer = subject_from_number("phone", PHONE, device_subject_key(cfg))
     enroll(cfg, customer, portrait_enrol)
-    backend_rig.register_and_start(device, signing_public)
+    backend_rig.register_and_start(device, signing_public, cfg)
 
     kiosks.append(run := KioskRun(cfg))
     sent: list[float] = []
@@ -586,7 +587,7 @@ def test_smart_lock_opens_for_the_right_tenant_of_the_household(
     device, signing_public = init_device(cfg)
     enroll(cfg, tenant, portrait_enrol)
     enroll(cfg, flatmate, video_part(WEBCAM, 150))
-    backend_rig.register_and_start(device, signing_public)
+    backend_rig.register_and_start(device, signing_public, cfg)
 
     # [actuator] kind = "gpio" as shipped (pin 17, 3 s pulse), on gpiozero's mock pins.
     kiosks.append(run := KioskRun(cfg, {"GPIOZERO_PIN_FACTORY": "mock"}))

@@ -1,14 +1,23 @@
 """`facegate-backend bench`: events/s and latency from the kiosk outbox into the ledger.
 
-Real processes, as deployed: one kiosk publisher (`python -m edge.measure.burst publish-burst`:
-sign, commit to the SQLite outbox, publish QoS 1, delete after PUBACK), mosquitto, and N backend
-workers (`facegate-backend run`) on the shared subscription, booking into one ledger.
+Real processes, as deployed: `--devices` kiosk publishers (`python -m edge.measure.burst
+publish-burst`: sign, commit to the SQLite outbox, publish QoS 1, delete after PUBACK, one
+device each), mosquitto, and N backend workers (`facegate-backend run`) on the shared
+subscription, booking into one ledger.
 
+Default mode (outbox → ledger, workers running while the kiosks publish):
 - `events_per_s`: events / (last booking - first event creation), both wall-clock on this host.
-- latency: `booked_at - ts` per event, where `ts` is the event's creation time (ms resolution)
-  and `booked_at` is taken when the worker starts the booking transaction (its commit, one
-  fsync, comes after). With `--rate 0` the publisher creates as fast as it can, so latency
-  includes queueing in the outbox; give `--rate` below capacity to see unloaded latency.
+- `latency_ms`: `booked_at - ts` per event, where `ts` is the event's creation time (ms
+  resolution) and `booked_at` is taken when the worker starts the batch's transaction (its
+  commit comes after). With `--rate 0` the publishers create as fast as they can, so latency
+  includes queueing in the outboxes; give `--rate` below capacity to see unloaded latency.
+
+`--backend-only` (the backend's own drain rate): the workers subscribe once and stop (SIGTERM,
+sessions kept), every event is published into the broker, which queues them in the workers'
+sessions; then the workers start again and drain the queue. The kiosks are not timed at all.
+- `events_per_s`: events / (last PUBACK sent by a worker - first message received by a worker).
+- `latency_ms`: per event, message handed to the worker → its PUBACK queued after the batch
+  committed (what a kiosk waits for at the backend; the queue wait before is the bench's own).
 """
 
 from __future__ import annotations
@@ -68,12 +77,12 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _wait(pred: Any, timeout_s: float, what: str) -> None:
+def _wait(pred: Any, timeout_s: float, what: str, every_s: float = 0.05) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pred():
             return
-        time.sleep(0.05)
+        time.sleep(every_s)
     raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
@@ -91,15 +100,16 @@ def run_bench(
     max_inflight: int = 20,
     timeout_s: float = 300.0,
     backend_only: bool = False,
+    n_devices: int = 1,
 ) -> dict[str, Any]:
     """Run one measurement and return its JSON-able result (see module doc).
 
-    `backend_only`: the workers are stopped while the kiosk publishes everything (the broker
+    `backend_only`: the workers are stopped while the kiosks publish everything (the broker
     queues it in their sessions), then restarted; `events_per_s` is then the backend's own
-    drain rate (first to last booking), without the kiosk's outbox in the way.
+    drain rate (first message received to last PUBACK sent), without the outboxes in the way.
     """
-    if n_events < 1 or n_workers < 1:
-        raise BenchError("--events and --workers must be ≥ 1")
+    if n_events < 1 or n_workers < 1 or not 1 <= n_devices <= min(n_events, 64):
+        raise BenchError("--events and --workers must be ≥ 1, --devices 1..min(events, 64)")
     tmp = Path(tempfile.mkdtemp(prefix="facegate-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     broker_proc: subprocess.Popen[bytes] | None = None
@@ -109,14 +119,16 @@ def run_bench(
         if not broker_url:
             broker_proc, broker_url = _start_mosquitto(tmp)
         db = db or str(tmp / "ledger.db")
-        state = tmp / "kiosk"
-        pub = subprocess.run(
-            [PY, "-m", "edge.measure.burst", "pubkey", "--state-dir", str(state),
-             "--device", device],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout.strip()  # fmt: skip
-        with Ledger(db) as led:
-            add_device(led, device, pub)
+        devices = [f"bench-{tag}-d{i}" for i in range(n_devices)]
+        counts = [n_events // n_devices + (i < n_events % n_devices) for i in range(n_devices)]
+        for device in devices:
+            pub = subprocess.run(
+                [PY, "-m", "edge.measure.burst", "pubkey", "--state-dir", str(tmp / device),
+                 "--device", device],
+                capture_output=True, text=True, check=True, timeout=60,
+            ).stdout.strip()  # fmt: skip
+            with Ledger(db) as led:
+                add_device(led, device, pub, "lab")
         logs = [tmp / f"worker-{i}.log" for i in range(n_workers)]
 
         def start_workers(times: int) -> None:
@@ -125,7 +137,8 @@ def run_bench(
                     procs.append(subprocess.Popen(
                         [PY, "-m", "edge.backend.cli", "run", "--broker", broker_url,
                          "--db", db, "--client-id", f"bench-{tag}-w{i}",
-                         "--session-expiry", str(int(timeout_s) + 60)],
+                         "--session-expiry", str(int(timeout_s) + 60),
+                         "--latency-file", str(tmp / f"latency-{i}.json")],
                         stdout=out, stderr=subprocess.STDOUT,
                     ))  # fmt: skip
             for log in logs:
@@ -140,29 +153,38 @@ def run_bench(
             procs.clear()
         load_before = os.getloadavg()[0]
         t0 = time.time()
-        publisher = subprocess.run(
-            [PY, "-m", "edge.measure.burst", "publish-burst", "--state-dir", str(state),
-             "--broker", broker_url, "--count", str(n_events), "--device", device,
-             "--rate", str(rate), "--max-inflight", str(max_inflight),
-             "--timeout", str(timeout_s)],
-            capture_output=True, text=True, timeout=timeout_s + 30,
-        )  # fmt: skip
-        if publisher.returncode != 0:
-            raise BenchError(f"publisher failed: {publisher.stderr.strip()[-300:]} (logs: {tmp})")
-        pub_result = json.loads(publisher.stdout.strip().splitlines()[-1])
+        publishers = [
+            subprocess.Popen(
+                [PY, "-m", "edge.measure.burst", "publish-burst", "--state-dir", str(tmp / d),
+                 "--broker", broker_url, "--count", str(c), "--device", d,
+                 "--rate", str(rate / n_devices), "--max-inflight", str(max_inflight),
+                 "--timeout", str(timeout_s)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            for d, c in zip(devices, counts, strict=True)
+        ]
+        pub_results = []
+        for pp in publishers:
+            out, err = pp.communicate(timeout=timeout_s + 30)
+            if pp.returncode != 0:
+                raise BenchError(f"publisher failed: {err.strip()[-300:]} (logs: {tmp})")
+            pub_results.append(json.loads(out.strip().splitlines()[-1]))
         if backend_only:
             start_workers(2)
+        marks = ",".join("?" * n_devices)
 
-        def rows() -> list[tuple[Any, ...]]:
+        def booked_count() -> int:
             with Ledger(db) as led:
-                return led.query(
-                    "SELECT seq, ts, booked_at FROM events WHERE device = ?", (device,)
-                )
+                q = f"SELECT COUNT(*) FROM events WHERE device IN ({marks})"
+                return int(led.query(q, devices)[0][0])
 
-        _wait(lambda: len(rows()) >= n_events, timeout_s, f"{n_events} bookings")
+        _wait(lambda: booked_count() >= n_events, timeout_s, f"{n_events} bookings", 0.25)
         time.sleep(0.3)  # a late redelivery would show up as a duplicate count, never a row
-        booked = rows()
         with Ledger(db) as led:
+            booked = led.query(
+                f"SELECT device, seq, ts, booked_at FROM events WHERE device IN ({marks})",
+                devices,
+            )
             redeliveries = led.rejection_counts().get("duplicate", 0)
     finally:
         for p in procs:
@@ -176,33 +198,51 @@ def run_bench(
         if broker_proc is not None:
             broker_proc.terminate()
             broker_proc.wait(10)
-    seqs = [int(r[0]) for r in booked]
-    lat_ms = sorted((float(r[2]) - float(r[1])) * 1000.0 for r in booked)
-    first_created = min(float(r[1]) for r in booked)
-    first_booked = min(float(r[2]) for r in booked)
-    last_booked = max(float(r[2]) for r in booked)
-    span_s = last_booked - (first_booked if backend_only else first_created)
+    drains = [json.loads((tmp / f"latency-{i}.json").read_text()) for i in range(n_workers)]
+    keys = [(str(r[0]), int(r[1])) for r in booked]
+    lost = sum(
+        len(set(range(1, c + 1)) - {q for d, q in keys if d == dev})
+        for dev, c in zip(devices, counts, strict=True)
+    )
+    if backend_only:
+        lat_ms = sorted(x for d in drains for x in d["latency_ms"])
+        active = [d for d in drains if d["first_rx"]]
+        span_s = max(d["last_ack"] for d in active) - min(d["first_rx"] for d in active)
+        basis = "worker receive -> PUBACK after commit"
+    else:
+        lat_ms = sorted((float(r[3]) - float(r[2])) * 1000.0 for r in booked)
+        span_s = max(float(r[3]) for r in booked) - min(float(r[2]) for r in booked)
+        basis = "event creation -> booking transaction"
+    create_s = max(float(r["create_s"]) for r in pub_results)
     result: dict[str, Any] = {
         "events": n_events,
         "workers": n_workers,
+        "devices": n_devices,
         "publisher_rate_limit": rate,
         "publisher_max_inflight": max_inflight,
         "ledger": "postgresql" if is_postgres_url(db) else "sqlite",
         "broker": broker_url if broker_proc is None else "private mosquitto",
         "mode": "backend_only" if backend_only else "outbox_to_ledger",
         "events_per_s": round(n_events / max(1e-9, span_s), 1),
-        "create_events_per_s": round(n_events / max(1e-9, float(pub_result["create_s"])), 1),
-        "wall_s": round(last_booked - t0, 3),
+        "create_events_per_s": round(n_events / max(1e-9, create_s), 1),
+        "wall_s": round(time.time() - t0, 3),
+        "latency_basis": basis,
         "latency_ms": {
             "p50": _pct(lat_ms, 0.50), "p95": _pct(lat_ms, 0.95),
             "p99": _pct(lat_ms, 0.99), "max": round(lat_ms[-1], 2),
         },  # fmt: skip
-        "booked": len(set(seqs)),
-        "duplicates_booked": len(seqs) - len(set(seqs)),
-        "lost": len(set(range(1, n_events + 1)) - set(seqs)),
+        # CPU the worker processes spent per event while draining (all their threads; the
+        # broker and the database use more on top): a figure less sensitive to a busy machine
+        "worker_cpu_us_per_event": round(
+            sum(float(d.get("cpu_s", 0.0)) for d in drains) / n_events * 1e6, 1
+        ),
+        "booked": len(set(keys)),
+        "duplicates_booked": len(keys) - len(set(keys)),
+        "lost": lost,
         "redeliveries_absorbed": redeliveries,
         "cpus": os.cpu_count(),
         "loadavg_1m_before": round(load_before, 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
     shutil.rmtree(tmp, ignore_errors=True)  # kept (with logs) only when the run failed
     return result

@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", default="", metavar="FILE", help="CA that signed the broker cert")
     p.add_argument("--cert", default="", metavar="FILE", help="client certificate (mTLS)")
     p.add_argument("--key", default="", metavar="FILE", help="client private key (mTLS)")
+    p.add_argument("--username", default="", help="MQTT username (with --password-file)")
+    p.add_argument(
+        "--password-file", default="", metavar="FILE",
+        help="file (mode 0600) or $CREDENTIALS_DIRECTORY credential holding the MQTT password",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=500, metavar="N",
+                   help="messages per ledger transaction at most (default %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0, metavar="MS",
+                   help="commit a partial batch once its oldest message waited this long")
+    p.add_argument("--latency-file", default="", help=argparse.SUPPRESS)  # bench only
     p.add_argument(
         "--client-id", default="", help="stable per worker: a restart resumes its broker session"
     )
@@ -71,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = dsub.add_parser("add", help="register or re-key a device")
     a.add_argument("name")
     a.add_argument("pubkey", help="64 hex chars: signing_public from `facegate keys public`")
+    a.add_argument("--site", required=True,
+                   help="the device's site ([device] site); its events must carry it")
     _db_arg(a)
     a = dsub.add_parser("list", help="registered devices and keys")
     a.add_argument("--json", action="store_true")
@@ -103,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rate", type=float, default=0.0, help="events/s created; 0 = flat out")
     p.add_argument("--max-inflight", type=int, default=20, help="publisher's QoS 1 window")
+    p.add_argument("--devices", type=int, default=1, help="kiosk publishers, one device each")
     p.add_argument(
         "--backend-only", action="store_true",
         help="queue all events first, then time the workers draining them",
@@ -121,6 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_worker,
     )
     from edge.transport.broker_url import BrokerUrl
+    from edge.transport.credentials import read_password
 
     broker = BrokerUrl.parse(args.broker)
     for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
@@ -132,9 +146,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError([f"--session-expiry {args.session_expiry}: use 0..4294967295 s"])
     if bool(args.cert) != bool(args.key):
         raise ConfigError(["--cert and --key go together (mutual TLS); give both or neither"])
+    if bool(args.username) != bool(args.password_file):
+        raise ConfigError(["--username and --password-file go together; give both or neither"])
+    if not 1 <= args.batch_size <= 10_000:
+        raise ConfigError([f"--batch-size {args.batch_size}: use 1..10000"])
+    if not 0 <= args.batch_wait_ms <= 10_000:
+        raise ConfigError([f"--batch-wait-ms {args.batch_wait_ms:g}: use 0..10000"])
+    password = read_password(args.password_file, "--password-file") if args.username else ""
     options = WorkerOptions(broker=broker, ca_file=args.ca, cert_file=args.cert,
-                            key_file=args.key, group=args.group,
-                            session_expiry_s=args.session_expiry)  # fmt: skip
+                            key_file=args.key, username=args.username, password=password,
+                            group=args.group, session_expiry_s=args.session_expiry,
+                            batch_size=args.batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+                            latency_file=args.latency_file)  # fmt: skip
     if args.client_id:
         options = dataclasses.replace(options, client_id=args.client_id)
     stop = threading.Event()
@@ -146,7 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     receipts = _receipt_publisher(args.key_dir)
-    with Ledger(args.db) as ledger:
+    with Ledger(args.db, app_name=f"facegate-backend {options.client_id}") as ledger:
         handler = EventHandler(ledger, KeyCache(ledger), args.max_bytes or DEFAULT_MAX_BYTES)
         return run_worker(
             handler, options, stop, stats_every_s=args.stats_every, receipts=receipts
@@ -201,8 +224,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
     with Ledger(args.db) as ledger:
         if args.action == "add":
-            add_device(ledger, args.name, args.pubkey)
-            print(f"device {args.name} registered")
+            add_device(ledger, args.name, args.pubkey, args.site)
+            print(f"device {args.name} registered at site {args.site}")
         elif args.action == "remove":
             if not remove_device(ledger, args.name):
                 print(f"device {args.name} is not registered", file=sys.stderr)
@@ -213,7 +236,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([d.__dict__ for d in devices], sort_keys=True))
             for d in [] if args.json else devices:
-                print(f"{d.name}\t{d.public_key_hex}")
+                print(f"{d.name}\t{d.site or '(no site: register again with --site)'}"
+                      f"\t{d.public_key_hex}")  # fmt: skip
     return EXIT_OK
 
 
@@ -277,7 +301,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_bench(
         args.broker, args.db, args.events, args.workers, args.rate, args.max_inflight,
-        backend_only=args.backend_only,
+        backend_only=args.backend_only, n_devices=args.devices,
     )
     text = json.dumps(result, sort_keys=True, indent=2)
     print(text)

@@ -143,7 +143,7 @@ def _book(cfg: Config, outbox: Outbox, signing_public: str, state: Path, say: Sa
     """Publish the outbox to the local broker and book it with a reference backend worker."""
     ledger = state / "demo-ledger.db"
     db = ["--db", str(ledger)]
-    _backend(["devices", "add", cfg.device.id, signing_public, *db])
+    _backend(["devices", "add", cfg.device.id, signing_public, "--site", cfg.device.site, *db])
     worker = subprocess.Popen(
         [sys.executable, "-m", "edge.backend.cli", "run", "--broker", f"mqtt://{BROKER[0]}:{BROKER[1]}",
          *db, "--group", f"demo{os.getpid()}", "--client-id", f"demo-backend-{os.getpid()}"],

@@ -91,6 +91,8 @@ def _mqtt_config(a: argparse.Namespace) -> MqttConfig:
         ca_file=a.ca_file or "",
         cert_file=getattr(a, "cert_file", None) or "",
         key_file=getattr(a, "key_file", None) or "",
+        username=getattr(a, "username", None) or "",
+        password_file=getattr(a, "password_file", None) or "",
         max_inflight=a.max_inflight,
         resend_min_s=getattr(a, "resend_min_s", 5.0),
         resend_max_s=getattr(a, "resend_max_s", 300.0),
@@ -217,6 +219,8 @@ def tool_main(argv: list[str]) -> int:
                    help="first back-off before an unsettled event is published again")
     b.add_argument("--resend-max-s", type=float, default=300.0, help="cap of that back-off")
     b.add_argument("--seed", type=int, default=None, help="seed of the back-off jitter")
+    b.add_argument("--username")
+    b.add_argument("--password-file")
     m = sub.add_parser("bench", help="measure durable emit rate and publish rate (JSON)")
     m.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     m.add_argument("--count", type=int, default=2000)

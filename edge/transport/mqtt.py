@@ -57,6 +57,7 @@ from paho.mqtt.properties import Properties
 
 from edge import __version__
 from edge.config import MqttConfig
+from edge.transport.credentials import read_password
 from edge.transport.downlink import RefusalAudit, ReplayGuard
 from edge.transport.outbox import Outbox
 from edge.transport.topics import cmd_topic, state_topic, status_topic, topic_for
@@ -193,6 +194,8 @@ class MqttLink:
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
+        if self.cfg.username:  # the password is read from its 0600 file / credential, here only
+            c.username_pw_set(self.cfg.username, read_password(self.cfg.password_file))
         if self._announce:
             c.will_set(self._status, self._status_doc("offline"), qos=1, retain=True)
         c.suppress_exceptions = True  # second net behind @contained: paho logs, loop goes on

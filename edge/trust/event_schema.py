@@ -8,6 +8,7 @@ on the device and again on the backend.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -139,13 +140,22 @@ ENVELOPE: dict[str, Check] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
+def _biometric_key(key: str) -> bool:
+    """Cached: the backend checks the same dozen field names on every event it receives."""
+    return bool(_BIOMETRIC_KEY.search(key))
+
+
 def check_no_biometrics(value: Any, path: str = "event") -> None:
     """Refuse anything that could carry a face: image/embedding-like keys, number arrays, blobs."""
+    kind = type(value)
+    if kind is int or kind is float or kind is bool or value is None:
+        return  # a plain number cannot carry a face (a list of them could: lists are refused)
     if isinstance(value, (bytes, bytearray, memoryview)) or hasattr(value, "__array__"):
         raise EventError("biometric", f"{path}: binary or array data is never allowed in an event")
     if isinstance(value, Mapping):
         for k, v in value.items():
-            if isinstance(k, str) and _BIOMETRIC_KEY.search(k):
+            if isinstance(k, str) and _biometric_key(k):
                 raise EventError("biometric", f"{path}.{k}: field name suggests biometric data")
             check_no_biometrics(v, f"{path}.{k}")
     elif isinstance(value, (list, tuple)):

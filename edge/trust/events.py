@@ -144,8 +144,39 @@ class EventFactory:
 # ---- verification (backend) ---------------------------------------------------------------
 
 
-def parse_event(payload: bytes) -> dict[str, Any]:
-    """Parse and schema-check payload bytes WITHOUT checking the signature (to find the device)."""
+@dataclass(frozen=True)
+class ParsedEvent:
+    """A schema-checked event, unverified, and the exact bytes its `sig` must cover."""
+
+    event: dict[str, Any]
+    signed_bytes: bytes
+    legacy: bool  # canonical only in the pre-RFC 8785 form (an old outbox's event)
+
+
+def _without_sig(payload: bytes, sig: str) -> bytes | None:
+    """The canonical bytes of the event minus its top-level `sig` member, cut from `payload`.
+
+    Valid only for a payload already proven canonical: removing one member of a sorted,
+    whitespace-free object removes exactly `"sig":"…"` and one comma. `"sig":` can only occur
+    as a key (inside a string its quotes would be escaped), so one occurrence is the top-level
+    one; anything else (a nested `sig` key) returns None and the caller re-encodes.
+    """
+    if payload.count(b'"sig":') != 1:
+        return None
+    member = b'"sig":"' + sig.encode("ascii") + b'"'
+    for cut in (b"," + member, member + b","):
+        if cut in payload:
+            return payload.replace(cut, b"", 1)
+    return None
+
+
+def parse_signed(payload: bytes) -> ParsedEvent:
+    """Parse and schema-check payload bytes WITHOUT checking the signature (to find the device).
+
+    The payload must be RFC 8785 canonical; the pre-RFC 8785 form (Python float repr) is still
+    accepted, flagged `legacy`, so events signed before the upgrade and still queued in a
+    kiosk's outbox are booked rather than refused.
+    """
     if len(payload) > MAX_EVENT_BYTES:
         raise EventError("too_large", f"payload is {len(payload)} bytes > {MAX_EVENT_BYTES}")
     try:
@@ -154,28 +185,43 @@ def parse_event(payload: bytes) -> dict[str, Any]:
         raise EventError("json", str(exc)) from exc
     if not isinstance(event, dict):
         raise EventError("json", "payload is not a JSON object")
+    legacy = False
     try:
         if canonical.dumps(event) != payload:
-            raise EventError(
-                "non_canonical", "payload is not canonical JSON (order/spacing/floats)"
-            )
+            legacy = canonical.legacy_dumps(event) == payload
+            if not legacy:
+                raise EventError(
+                    "non_canonical", "payload is not RFC 8785 canonical JSON (order/spacing/"
+                    "numbers)",
+                )
     except canonical.CanonicalError as exc:
         raise EventError("json", str(exc)) from exc
     sig = event.get("sig")
     if not isinstance(sig, str) or not SIG_HEX.fullmatch(sig):
         raise EventError("schema", "missing or malformed 'sig' (128 lowercase hex chars)")
     validate(event)
-    return event
+    signed = None if legacy else _without_sig(payload, sig)
+    if signed is None:
+        body = {k: v for k, v in event.items() if k != "sig"}
+        signed = canonical.legacy_dumps(body) if legacy else canonical.dumps(body)
+    return ParsedEvent(event, signed, legacy)
+
+
+def parse_event(payload: bytes) -> dict[str, Any]:
+    """Parse and schema-check payload bytes WITHOUT checking the signature (to find the device)."""
+    return parse_signed(payload).event
+
+
+def check_signature(parsed: ParsedEvent, public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """Signature-check a parsed event; return the event or raise EventError("signature")."""
+    try:
+        public_key.verify(bytes.fromhex(parsed.event["sig"]), parsed.signed_bytes)
+    except InvalidSignature:
+        key = idempotency_key(parsed.event)
+        raise EventError("signature", f"bad signature on {key}") from None
+    return parsed.event
 
 
 def verify_event(payload: bytes, public_key: Ed25519PublicKey) -> dict[str, Any]:
     """Parse, schema-check and signature-check an event; return it or raise EventError."""
-    event = parse_event(payload)
-    body = {k: v for k, v in event.items() if k != "sig"}
-    try:
-        public_key.verify(bytes.fromhex(event["sig"]), canonical.dumps(body))
-    except InvalidSignature:
-        raise EventError("signature", f"bad signature on {idempotency_key(event)}") from None
-    return event
-
-
+    return check_signature(parse_signed(payload), public_key)
