@@ -139,4 +139,4 @@ def test_settled_seqs_name_what_the_ledger_holds_after_the_commit(handler: Event
     batch.append(_Pending(9, 1, bad, 0.0))
     verdicts = handler.settle([p.checked for p in batch])
     assert [v.outcome.value for v in verdicts] == ["booked", "booked", "duplicate", "rejected"]
-    assert settled_seqs(batch, verdicts) == {"kiosk-d": [1, 2, 1]}
+    assert settled_seqs(batch, verdicts) == {("site-d", "kiosk-d"): [1, 2, 1]}

@@ -369,8 +369,17 @@ def ptys() -> Iterator[Callable[[], PtyDevice]]:
         p.close()
 
 
+LCUS_FRAMES = {bytes.fromhex("A00101A2"): "ON", bytes.fromhex("A00100A1"): "OFF"}
+
+
 def relay_lines(relay: PtyDevice) -> list[str]:
-    return [x for x in relay.read().replace(b"\r", b"").decode().split("\n") if x]
+    """What the board was told, ON/OFF: LCUS hex frames (the shipped fare_gate's protocol),
+    each checked byte for byte, or ASCII lines for `protocol = "ascii"`."""
+    raw = relay.read()
+    if raw[:1] == b"\xa0":
+        assert len(raw) % 4 == 0, raw.hex()
+        return [LCUS_FRAMES[raw[i : i + 4]] for i in range(0, len(raw), 4)]
+    return [x for x in raw.replace(b"\r", b"").decode().split("\n") if x]
 
 
 def report_timing(
