@@ -10,7 +10,8 @@ door, one visitor after another. The person in the video is enrolled from its ow
 
 Resident memory (VmRSS of /proc/self/status) is sampled at the baseline (1 minute, or half the
 run when it is shorter: the models and caches are warm by then) and at the end, and once a
-minute in between; `growth_mb` = end − baseline is the figure to watch (a leak of ~1 KB per
+minute in between; `rss_mb_end` is taken in the loop as the time runs out, before anything
+is closed; `growth_mb` = end − baseline is the figure to watch (a leak of ~1 KB per
 session shows as megabytes within the hour at this replay rate).
 """
 
@@ -67,6 +68,7 @@ class _Memory:
     baseline_s: float
     t0: float = field(default_factory=time.monotonic)
     baseline_mb: float | None = None
+    end_mb: float | None = None  # in the loop, at the deadline (before anything is closed)
     samples: list[tuple[float, float]] = field(default_factory=list)  # one a minute
 
     def tick(self) -> None:
@@ -123,6 +125,7 @@ class LoopedSource:
                     yield Frame(frame.image, t, index)
                     t, index = t + dt, index + 1
                     if time.monotonic() >= deadline:
+                        self.memory.end_mb = rss_mb()
                         return
             if shape is None:
                 raise DataError(f"{self.uri} gave no frames to soak on; give a video --source")
@@ -180,8 +183,9 @@ def run_soak(
             finally:
                 dispatcher.stop()
                 presence.close()
-            end_mb = rss_mb()
+            closed_mb = rss_mb()
             queued = int(outbox.status().get("pending", 0))
+    end_mb = memory.end_mb if memory.end_mb is not None else closed_mb
     baseline_mb = memory.baseline_mb if memory.baseline_mb is not None else end_mb
     totals = stats.totals()
     return {
@@ -204,6 +208,7 @@ def run_soak(
         "rss_mb_baseline": round(baseline_mb, 1),
         "rss_mb_end": round(end_mb, 1),
         "growth_mb": round(end_mb - baseline_mb, 2),
+        "rss_mb_after_run": round(closed_mb, 1),
         "rss_mb_samples": memory.samples,
         "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "note": "the real kiosk loop (smart_lock, blink challenge, passive PAD, SQLite "
