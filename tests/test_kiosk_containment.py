@@ -245,3 +245,17 @@ def test_an_outbox_failing_with_a_raw_sqlite_error_fails_closed(
         (s.state, s.detail) for s in recorder.states
     ]
     rig.close()
+
+
+def test_a_lockout_store_that_cannot_be_written_fails_the_session_closed(
+    tmp_path: Path, vision: VisionPipeline, enrolled: dict[str, np.ndarray], portrait_verify: Path
+) -> None:
+    """Someone claims another person's account (a counted failure) while the lockout
+    database refuses writes: the real SQLite error; the kiosk fails closed and runs on."""
+    rig = Rig(tmp_path, _cfg("bakery"), enrolled)
+    rig.lockout._db.execute("PRAGMA query_only = ON")
+    stats = rig.run(vision, portrait_verify, parse_claim_line("s-webcam 20"))
+    assert stats.store_failures >= 1 and stats.frames > 100  # the run went on to the end
+    assert "Service unavailable - please pay or open with PIN or card" in rig.prompts
+    assert rig.relay.pulses == 0 and rig.events() == []
+    rig.close()

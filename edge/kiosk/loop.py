@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 import signal
 import sqlite3
 import threading
@@ -72,6 +73,7 @@ BAD_FRAME_LOG_EVERY_S = 10.0  # a camera gone bad logs its first bad frame, then
 # What the person is told when the face path cannot complete (no stored event, a relay fault).
 UNAVAILABLE = "Service unavailable - please pay or open with PIN or card"
 RELAY_FAULT = "Door or gate did not open - please use PIN or card"
+TIMED_OUT = re.compile(r"time[ds]? ?out", re.IGNORECASE)  # "Write timeout", "timed out"
 __all__ = ["Kiosk", "KioskStats", "at_the_kiosk", "install_signal_handlers"]
 
 
@@ -397,9 +399,8 @@ class Kiosk:
             # ActuatorError: the relay refused or timed out (the actuator's own wrapping);
             # OSError: a serial write timeout or an unplugged board below it.
             log.error("actuator: pulse failed after a committed accept: %s", exc)
-            return "timeout" if "timeout" in str(exc).lower() or isinstance(
-                exc, TimeoutError
-            ) else "error"
+            timed_out = isinstance(exc, TimeoutError) or TIMED_OUT.search(str(exc))
+            return "timeout" if timed_out else "error"
         return None
 
     def _actuator_fault(self, reason: str, accept_seq: int, stats: KioskStats) -> None:
@@ -488,19 +489,7 @@ class Kiosk:
         t = frame.t_monotonic
         if self._active is not None:
             active = self._active
-            try:
-                decision = active.session.step(frame, faces)
-            except sqlite3.Error as exc:
-                # The lockout store could not record the outcome: no decision can be trusted
-                # to have been counted, so this session fails closed.
-                log.error("session outcome not recorded: %s", exc)
-                self._active = None
-                stats.store_failures += 1
-                self._status_alert("lockout_not_stored", "session")
-                self._after_decision(Decision(active.claim.subject, False, "store_error", None,
-                                              0, None, False))  # fmt: skip
-                self._prompt(UNAVAILABLE, stats, "service_unavailable")
-                return
+            decision = active.session.step(frame, faces)
             self._session_prompt(active.session, t, stats)
             if decision is not None:
                 self._active = None
@@ -579,6 +568,18 @@ class Kiosk:
             self._bad_frame_logged_t = t
             log.warning("frame %d skipped (%d so far): %s", frame.index, stats.bad_frames, exc)
 
+    def _state_store_failed(self, exc: sqlite3.Error, stats: KioskStats) -> None:
+        """The lockout store (or another state database of the session) could not be read or
+        written: the session cannot be trusted to be counted, so it fails closed."""
+        log.error("session state not stored: %s", exc)
+        active, self._active = self._active, None
+        stats.store_failures += 1
+        self._status_alert("lockout_not_stored", "session")
+        if active is not None:
+            self._after_decision(Decision(active.claim.subject, False, "store_error", None, 0,
+                                          None, False))  # fmt: skip
+        self._prompt(UNAVAILABLE, stats, "service_unavailable")
+
     def _report_strangers(self, stats: KioskStats) -> None:
         """At the end of the run, strangers counted since the last report get theirs."""
         held = self._stranger_held
@@ -608,6 +609,8 @@ class Kiosk:
                     self._vision_step(frame, stats)
                 except DataError as exc:
                     self._bad_frame(frame, exc, stats)
+                except sqlite3.Error as exc:
+                    self._state_store_failed(exc, stats)
                 stats.frame_ms.append((perf() - t0) * 1000.0)
                 self._maintenance(frame.t_monotonic, stats)
                 now = self.clock()
