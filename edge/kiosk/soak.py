@@ -207,7 +207,8 @@ def run_soak(
         "baseline_s": round(baseline_s, 1),
         "rss_mb_baseline": round(baseline_mb, 1),
         "rss_mb_end": round(end_mb, 1),
-        "growth_mb": round(end_mb - baseline_mb, 2),
+        # from the rounded figures, so the JSON adds up
+        "growth_mb": round(round(end_mb, 1) - round(baseline_mb, 1), 1),
         "rss_mb_after_run": round(closed_mb, 1),
         "rss_mb_samples": memory.samples,
         "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
