@@ -15,20 +15,11 @@ so a stranger loitering at the door cannot flood the outbox.
 
 from __future__ import annotations
 
-import logging
 import math
-from typing import Any, Protocol
 
-log = logging.getLogger(__name__)
+from edge.templates.store import ACTIVE
 
 STRANGER_EVENT_EVERY_S = 60.0
-ACTIVE = "active"  # TemplateInfo.state of a usable template (edge.templates.record_cipher)
-
-
-class TemplateLister(Protocol):
-    """The part of TemplateStore the household needs: every row's metadata."""
-
-    def list_all(self) -> list[Any]: ...
 
 
 def household_subjects(configured: tuple[str, ...], store: object | None) -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.camera import open_source
 from edge.camera.base import Frame
-from edge.config import Config, SmartLockConfig
+from edge.config import Config
 from edge.errors import DataError
 from edge.kiosk.display.dispatcher import Dispatcher
 from edge.kiosk.loop import Kiosk
@@ -223,7 +223,5 @@ def _soak_config(cfg: Config) -> Config:
     import dataclasses
 
     return dataclasses.replace(
-        cfg, profile="smart_lock",
-        smart_lock=SmartLockConfig(door=cfg.smart_lock.door, household=(),
-                                   welfare_days=cfg.smart_lock.welfare_days),
-    )  # fmt: skip
+        cfg, profile="smart_lock", smart_lock=dataclasses.replace(cfg.smart_lock, household=())
+    )
