@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "edge.measure.bench.EMBED_EVERY; 1 = every frame)",
     )
     p.add_argument("--json", metavar="OUT", dest="json_out")
+    p.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="run the real kiosk loop on the looped --source (default: the demo "
+                   "clip) for MINUTES and report resident memory at 1 minute and at the end")
     p.set_defaults(handler="bench")
 
     p = sub.add_parser("console", parents=[common], help="technician serial console")

@@ -38,6 +38,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "door.denied": {**DECISION, "decision": "reject", "door": "main", "unknown_faces": 2},
     "welfare.alert": {"subject": "s-1", "household": "h12", "days_unseen": 4, "last_seen_ts": None},
     "verify.reject": {**DECISION, "decision": "reject", "score": None, "reason": "no_blink"},
+    "actuator.fault": {"actuator": "serial", "accept_seq": 41, "reason": "timeout"},
     "console.audit": {"action": "templates.revoke", "ok": True, "detail": "subject s-1"},
     "device.status": {"status": "online", "outbox_pending": 0, "outbox_full": False},
 }

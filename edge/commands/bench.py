@@ -1,5 +1,6 @@
 """`facegate bench [--source URI] [--frames N] [--threads N] [--embed-every N] [--json OUT]`:
-per-stage timing."""
+per-stage timing; `facegate bench --soak MINUTES [--source URI] [--json OUT]`: the kiosk loop's
+memory over a long replay (edge.kiosk.soak)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def looped_frames(uri: str, cfg: Config) -> Iterator[tuple[NDArray[np.uint8], fl
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     check_json_target(args.json_out)
+    if getattr(args, "soak", None) is not None:
+        return _soak(args, cfg)
     every = EMBED_EVERY if args.embed_every is None else args.embed_every
     if args.frames < 1 or not 1 <= args.threads <= 64:
         raise DataError("--frames must be >= 1 and --threads within 1..64")
@@ -50,6 +53,20 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     uri = args.source or default_source()
     frames = looped_frames(uri, cfg)
     result = {"source": uri, **run_bench(frames, cfg, args.frames, args.threads, every)}
+    text = json.dumps(result, indent=2)
+    if args.json_out:
+        write_json(Path(args.json_out), text)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def _soak(args: argparse.Namespace, cfg: Config) -> int:
+    """The soak JSON; exit 0 (the figures are judged by whoever runs it: DESIGN §7)."""
+    from edge.camera.demo import default_source_uri
+    from edge.kiosk.soak import run_soak
+
+    uri = args.source or default_source_uri()
+    result = run_soak(cfg, uri, args.soak)
     text = json.dumps(result, indent=2)
     if args.json_out:
         write_json(Path(args.json_out), text)

@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,27 @@ from edge.vision.pipeline import VisionPipeline
 
 if TYPE_CHECKING:
     from edge.kiosk.claims.qr import QrClaimReader
+
+
+# Tests only: shift the wall clock of the lockout and presence stores by this many seconds, so
+# a test can stand days after a tenant was last seen (welfare alerts) without waiting days.
+# Never set on a kiosk; when set, the run says so on stderr.
+TEST_WALL_OFFSET_ENV = "FACEGATE_TEST_WALL_OFFSET_S"
+
+
+def _wall_clock() -> Callable[[], float]:
+    """time.time, or time.time + $FACEGATE_TEST_WALL_OFFSET_S (see TEST_WALL_OFFSET_ENV)."""
+    raw = os.environ.get(TEST_WALL_OFFSET_ENV)
+    if not raw:
+        return time.time
+    try:
+        offset = float(raw)
+    except ValueError:
+        raise FacegateError(
+            f"{TEST_WALL_OFFSET_ENV}={raw!r} is not a number of seconds; unset it (tests only)"
+        ) from None
+    print(f"TEST: wall clock shifted by {offset:g} s ({TEST_WALL_OFFSET_ENV})", file=sys.stderr)
+    return lambda: time.time() + offset
 
 
 def _display(text: str) -> None:
@@ -131,10 +154,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         store = stack.enter_context(TemplateStore(db_path(cfg.state_dir), keys))
         store.check_readable()  # refuse to start rather than reject every customer
         outbox = stack.enter_context(Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox.max_events))
-        lockout = stack.enter_context(LockoutStore.open(cfg.state_dir, cfg.session))
+        wall = _wall_clock()
+        lockout = stack.enter_context(LockoutStore.open(cfg.state_dir, cfg.session, wall))
         presence = None
         if cfg.profile == "smart_lock":
-            presence = PresenceStore(cfg.state_dir / "presence.sqlite")
+            presence = PresenceStore(cfg.state_dir / "presence.sqlite", wall)
             stack.callback(presence.close)
         factory = EventFactory(cfg.device.id, cfg.device.site, keys.signing_key)
         link = None
@@ -172,14 +196,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         )
         install_signal_handlers(kiosk)
         stats = kiosk.run(max_frames=args.max_frames)
+    # `decisions` and `events` are the last ones (bounded rings, edge.kiosk.stats); the
+    # totals count every session and event of the run.
     summary = {
         "source": uri,
         "profile": cfg.profile,
         "frames": stats.frames,
         "frames_with_face": stats.frames_with_face,
-        "decisions": stats.decisions,
-        "events": stats.events,
+        "decisions": list(stats.decisions),
+        "events": list(stats.events),
         "elapsed_s": round(stats.elapsed_s, 3),
+        **stats.totals(),
     }
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -5,6 +5,13 @@ Order on a decision is the contract of DESIGN §5: the signed event is committed
 the event cannot be stored the kiosk fails closed (no door, no payment) and offers the non-face
 alternative. The MQTT link publishes the outbox on its own thread, so a broker outage never
 stalls the camera loop.
+
+Containment: nothing one frame, one session or one part does ends the loop. A frame vision
+cannot use (a DataError from landmarks, align or embed) is logged, counted (`bad_frames`) and
+skipped. Between the commit of an accept and the relay nothing runs but the relay; a relay
+that fails after the commit leaves a signed `actuator.fault` (the accept's seq) and sends the
+person to the alternative. SIGTERM or the end of the stream mid-session abandons the session:
+no lockout failure, no denial event.
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
 
@@ -27,18 +35,20 @@ from numpy.typing import NDArray
 from edge.camera import Source
 from edge.camera.base import Frame
 from edge.config import Config
-from edge.errors import FacegateError
-from edge.kiosk.actuators import Actuator, NoActuator
+from edge.errors import DataError, FacegateError
+from edge.kiosk.actuators import Actuator, ActuatorError, NoActuator
 from edge.kiosk.claims import Claim, ClaimSource
 from edge.kiosk.debug_capture import DebugCapture
 from edge.kiosk.display.dispatcher import Dispatcher
 from edge.kiosk.display.state import KioskState
+from edge.kiosk.household import StrangerReports, household_subjects
 from edge.kiosk.presence import PresenceStore
 from edge.kiosk.profiles import CLAIM_PROMPTS, event_for
 from edge.kiosk.sdnotify import Notifier
+from edge.kiosk.stats import KioskStats
 from edge.session.decision import Decision
-from edge.session.lockout import LockoutStore
-from edge.session.verification import VerificationSession
+from edge.session.lockout import LockoutStore, stranger_below
+from edge.session.verification import ABANDONED, VerificationSession
 from edge.transport.outbox import Outbox, OutboxError, OutboxFullError
 from edge.trust.events import EventFactory
 from edge.vision.geometry import box_iou, box_size
@@ -59,6 +69,12 @@ SAME_PLACE_IOU = 0.3
 IDENTITY_CHECK_EVERY = 5  # frames between embeddings of the face in the decided place
 MAINTENANCE_EVERY_S = 3600.0
 SESSION_PROMPT_STATES = {"Please come closer": "closer", "Please step back": "step_back"}
+BAD_FRAME_LOG_EVERY_S = 10.0  # a camera gone bad logs its first bad frame, then one a while
+# What the person is told when the face path cannot complete (no stored event, a relay fault).
+UNAVAILABLE = "Service unavailable - please pay or open with PIN or card"
+RELAY_FAULT = "Door or gate did not open - please use PIN or card"
+TIMED_OUT = re.compile(r"time[ds]? ?out", re.IGNORECASE)  # "Write timeout", "timed out"
+__all__ = ["Kiosk", "KioskStats", "at_the_kiosk", "install_signal_handlers"]
 
 
 class ReferenceStore(Protocol):
@@ -100,16 +116,6 @@ class _CapturingVision:
 
     def pad_score(self, frame: Frame, obs: Any) -> float | None:
         return self.vision.pad_score(frame, obs)
-
-
-@dataclass
-class KioskStats:
-    frames: int = 0
-    frames_with_face: int = 0
-    prompts: list[str] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)  # "type:seq"
-    elapsed_s: float = 0.0
 
 
 @dataclass
@@ -171,6 +177,9 @@ class Kiosk:
         self._decided_embedding: Embedding | None = None
         self._cooldown_frames = 0
         self._last_maintenance = -1e18
+        self._bad_frame_logged_t = -1e18
+        self._strangers = StrangerReports()
+        self._stranger_held: tuple[str, dict[str, Any]] | None = None
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -214,24 +223,41 @@ class Kiosk:
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.stop_event.set()
 
-    def _emit(self, type_: str, fields: dict[str, Any], stats: KioskStats) -> bool:
-        """Commit one signed event; False (fail closed) if it cannot be stored."""
+    def _emit(self, type_: str, fields: dict[str, Any], stats: KioskStats) -> int | None:
+        """Commit one signed event: its seq, 0 when no event pipeline is configured (a
+        camera-only run), None (fail closed) when it cannot be stored."""
         if self.outbox is None or self.factory is None:
-            return True  # no event pipeline configured (camera-only run)
+            return 0
         try:
             event = self.outbox.emit(self.factory, type_, **fields)
-        except (OutboxError, OutboxFullError, FacegateError, OSError) as exc:
+        except (OutboxError, OutboxFullError, FacegateError, OSError, sqlite3.Error) as exc:
             # OutboxError: SQLite could not store it (disk full, I/O error, read-only card);
-            # OutboxFullError: only unsent payments left. No stored event, no door, no payment.
+            # OutboxFullError: only unsent payments left; a raw sqlite3.Error from any layer
+            # of the outbox is the same failure. No stored event, no door, no payment.
             log.error("event %s not stored: %s", type_, exc)
-            return False
-        stats.events.append(f"{type_}:{event.seq}")
-        return True
+            stats.store_failures += 1
+            self._status_alert("event_not_stored", type_)
+            return None
+        stats.add_event(type_, event.seq)
+        return event.seq
+
+    def _status_alert(self, problem: str, what: str) -> None:
+        """Tell the operator (journal, and the retained status state through the dispatcher)
+        that the face path failed closed; the person's own screen says what to do instead."""
+        log.error("ALERT %s (%s): the kiosk failed closed and offers the PIN/card alternative",
+                  problem, what)  # fmt: skip
+        if self.dispatcher is not None:
+            self.dispatcher.publish(KioskState("service_unavailable", {"problem": problem}))
 
     # ---- sessions --------------------------------------------------------------------------
 
     def _household(self) -> list[str]:
-        return list(self.cfg.smart_lock.household)
+        """The door's tenants (edge.kiosk.household): configured, else the store's templates."""
+        try:
+            return household_subjects(self.cfg.smart_lock.household, self.store)
+        except (FacegateError, sqlite3.Error) as exc:
+            log.error("template store: cannot list the household: %s", exc)
+            return []
 
     def _next_claim(self) -> Claim | None:
         if self.cfg.profile == "smart_lock":
@@ -272,7 +298,14 @@ class Kiosk:
             self._decide(claim, decision, {}, None, stats, faces_in_view=1)
             return
         vision = _CapturingVision(self.vision)  # type: ignore[arg-type]
-        session = VerificationSession(self.cfg, vision, lockout=self.lockout, rng=self.rng)
+        door = claim.method == "household"
+        session = VerificationSession(
+            self.cfg, vision, lockout=self.lockout, rng=self.rng,
+            # DESIGN §6: strangers cannot lock the tenants out; nor can the door's own
+            # unseen blink prompt.
+            stranger_below=stranger_below(self.cfg.verify.threshold) if door else None,
+            uncounted=frozenset({"no_blink"}) if door else frozenset(),
+        )  # fmt: skip
         session.wait_for_claim(t)
         references = None if claim.method == "liveness" else list(refs.values())
         early = session.claim(
@@ -293,36 +326,33 @@ class Kiosk:
         *,
         faces_in_view: int,
     ) -> None:
-        if decision.accepted and claim.method == "household" and probe is not None and refs:
-            tenant = max(refs, key=lambda s: float(np.dot(refs[s], probe)))
-            decision = dataclasses.replace(decision, subject=tenant)
-            if self.presence is not None:
-                self.presence.seen(tenant)
+        if decision.reason == ABANDONED:
+            self._abandoned(decision, stats)
+            return
+        decision = self._identify(claim, decision, refs, probe)
         unknown = max(1, faces_in_view) if decision.reason == "mismatch" else 0
         event = event_for(self.cfg, claim, decision, unknown_faces=unknown)
-        stored = event is None or self._emit(event[0], event[1], stats)
+        if event is not None and decision.stranger:
+            event = self._stranger_event(event, stats)
+        seq = self._emit(event[0], event[1], stats) if event is not None else 0
+        # The relay moves right after the commit: nothing else (display, debug capture,
+        # bookkeeping) may fail or stall between a booked accept and the door.
+        fault = self._pulse() if seq is not None and decision.accepted else None
         summary = decision.to_dict()
         summary["event"] = event[0] if event else None
-        summary["stored"] = stored
-        stats.decisions.append(summary)
-        if self.debug_capture is not None and self._frame is not None:
-            self.debug_capture.save(self._frame.image, f"{decision.decision}-{decision.reason}")
-        # A claim that arrived during this session is not carried over to the next person.
-        clear = getattr(self.claims, "clear", None)
-        if callable(clear):
-            clear()
-        # Whatever happened, the next session waits until this person has stepped away (or
-        # someone else is at the kiosk: `_next_person`).
-        self._cooldown_until_absent = True
-        self._absent_since = None
-        self._cooldown_frames = 0
-        if not stored:
-            self._prompt("Service unavailable - please pay or open with PIN or card", stats,
-                         "service_unavailable")
+        summary["stored"] = seq is not None
+        stats.add_decision(summary)
+        if decision.stranger:
+            stats.strangers += 1
+        self._after_decision(decision)
+        if seq is None:
+            self._prompt(UNAVAILABLE, stats, "service_unavailable")
+            return
+        if fault is not None:
+            self._actuator_fault(fault, seq, stats)
             return
         if decision.accepted:
             self._prompt("Verified - thank you", stats, "approved", **self._approved(claim))
-            self.actuator.pulse()
         elif decision.reason == "locked_out":
             self._prompt(
                 f"Too many attempts - try again in {decision.lockout_s:.0f} s or use PIN/card",
@@ -334,6 +364,85 @@ class Kiosk:
         else:
             self._prompt("Not verified - please use PIN or card, or try again", stats,
                          "denied", reason=decision.reason or "rejected")
+
+    def _identify(
+        self, claim: Claim, decision: Decision, refs: dict[str, Embedding], probe: Embedding | None
+    ) -> Decision:
+        """At a 1:few door, the accepted tenant is the household member nearest the probe."""
+        if not (decision.accepted and claim.method == "household" and probe is not None and refs):
+            return decision
+        tenant = max(refs, key=lambda s: float(np.dot(refs[s], probe)))
+        if self.presence is not None:
+            try:
+                self.presence.seen(tenant)
+            except sqlite3.Error as exc:  # welfare bookkeeping never blocks the door
+                log.error("presence store: %s", exc)
+        return dataclasses.replace(decision, subject=tenant)
+
+    def _stranger_event(
+        self, event: tuple[str, dict[str, Any]], stats: KioskStats
+    ) -> tuple[str, dict[str, Any]] | None:
+        """A stranger's door.denied, rate-limited (edge.kiosk.household): None when this one
+        is only counted, to be reported with the next."""
+        count = self._strangers.add(self.clock())
+        if count is None:
+            self._stranger_held = event
+            return None
+        self._stranger_held = None
+        return event[0], {**event[1], "unknown_faces": count}
+
+    def _pulse(self) -> str | None:
+        """Pulse the actuator; None, or the reason word of its failure."""
+        try:
+            self.actuator.pulse()
+        except (ActuatorError, OSError) as exc:
+            # ActuatorError: the relay refused or timed out (the actuator's own wrapping);
+            # OSError: a serial write timeout or an unplugged board below it.
+            log.error("actuator: pulse failed after a committed accept: %s", exc)
+            timed_out = isinstance(exc, TimeoutError) or TIMED_OUT.search(str(exc))
+            return "timeout" if timed_out else "error"
+        return None
+
+    def _actuator_fault(self, reason: str, accept_seq: int, stats: KioskStats) -> None:
+        """The accept is booked but nothing opened: a signed `actuator.fault` naming the
+        accept lets the backend compensate (void the fare or payment); the person is sent
+        to the alternative and the operator alerted."""
+        stats.actuator_faults += 1
+        fields = {"actuator": self.cfg.actuator.kind, "accept_seq": accept_seq, "reason": reason}
+        if accept_seq > 0:
+            self._emit("actuator.fault", fields, stats)
+        self._status_alert("actuator_fault", reason)
+        self._prompt(RELAY_FAULT, stats, "alternative", reason="actuator_fault")
+
+    def _abandoned(self, decision: Decision, stats: KioskStats) -> None:
+        """SIGTERM or the end of the stream mid-session: not held against the person (no
+        lockout failure, no denial event), only counted."""
+        summary = decision.to_dict()
+        summary["event"] = None
+        summary["stored"] = None
+        stats.add_decision(summary)
+        stats.abandoned += 1
+        self._after_decision(decision)
+
+    def _after_decision(self, decision: Decision) -> None:
+        """Bookkeeping after the decision (and the relay): the debug frame, the claim queue,
+        the wait for the next person."""
+        if self.debug_capture is not None and self._frame is not None:
+            try:
+                self.debug_capture.save(
+                    self._frame.image, f"{decision.decision}-{decision.reason}"
+                )
+            except (OSError, FacegateError) as exc:  # ENOSPC on the tmpfs: never the loop's end
+                log.warning("debug capture skipped: %s", exc)
+        # A claim that arrived during this session is not carried over to the next person.
+        clear = getattr(self.claims, "clear", None)
+        if callable(clear):
+            clear()
+        # Whatever happened, the next session waits until this person has stepped away (or
+        # someone else is at the kiosk: `_next_person`).
+        self._cooldown_until_absent = True
+        self._absent_since = None
+        self._cooldown_frames = 0
 
     def _approved(self, claim: Claim) -> dict[str, Any]:
         """What the display shows with an approval: the amount, the fare or the door."""
@@ -362,8 +471,14 @@ class Kiosk:
         if self.cfg.profile != "smart_lock" or self.presence is None:
             return
         sl = self.cfg.smart_lock
-        self.presence.register(self._household())
-        for subject, days, last in self.presence.due(self._household(), sl.welfare_days):
+        household = self._household()
+        try:
+            self.presence.register(household)
+            due = self.presence.due(household, sl.welfare_days)
+        except sqlite3.Error as exc:
+            log.error("presence store: welfare check skipped: %s", exc)
+            return
+        for subject, days, last in due:
             self._emit("welfare.alert", {"subject": subject, "household": sl.door,
                                          "days_unseen": days, "last_seen_ts": last,
                                          "door": sl.door}, stats)
@@ -436,6 +551,44 @@ class Kiosk:
         similarity = float(np.dot(probe, self._decided_embedding))
         return similarity < self.cfg.verify.threshold  # not the decided person: start anew
 
+    def _vision_step(self, frame: Frame, stats: KioskStats) -> None:
+        faces = self.vision.observe(frame.image) if self.vision is not None else []
+        if faces:
+            stats.frames_with_face += 1
+        if self.vision is not None:
+            self._on_frame(frame, faces, stats)
+
+    def _bad_frame(self, frame: Frame, exc: DataError, stats: KioskStats) -> None:
+        """A frame vision could not use (odd pixels, degenerate landmarks): counted and
+        skipped; a running session simply sees one frame fewer. Logged at most once every
+        BAD_FRAME_LOG_EVERY_S, so a failing camera cannot flood the journal."""
+        stats.bad_frames += 1
+        t = frame.t_monotonic
+        if t - self._bad_frame_logged_t >= BAD_FRAME_LOG_EVERY_S:
+            self._bad_frame_logged_t = t
+            log.warning("frame %d skipped (%d so far): %s", frame.index, stats.bad_frames, exc)
+
+    def _state_store_failed(self, exc: sqlite3.Error, stats: KioskStats) -> None:
+        """The lockout store (or another state database of the session) could not be read or
+        written: the session cannot be trusted to be counted, so it fails closed."""
+        log.error("session state not stored: %s", exc)
+        active, self._active = self._active, None
+        stats.store_failures += 1
+        self._status_alert("lockout_not_stored", "session")
+        if active is not None:
+            self._after_decision(Decision(active.claim.subject, False, "store_error", None, 0,
+                                          None, False))  # fmt: skip
+        self._prompt(UNAVAILABLE, stats, "service_unavailable")
+
+    def _report_strangers(self, stats: KioskStats) -> None:
+        """At the end of the run, strangers counted since the last report get theirs."""
+        held = self._stranger_held
+        if held is None or not self._strangers.pending:
+            return
+        self._stranger_held = None
+        fields = {**held[1], "unknown_faces": self._strangers.take(self.clock())}
+        self._emit(held[0], fields, stats)
+
     def run(self, max_frames: int | None = None) -> KioskStats:
         stats = KioskStats()
         t_start = self.clock()
@@ -445,6 +598,7 @@ class Kiosk:
         self.notifier.ready(f"watching {self.source.uri}")
         self._prompt("Please look at the camera", stats)
         last_t = 0.0
+        perf = time.perf_counter
         try:
             for frame in self.source:
                 if self.stop_event.is_set():
@@ -452,20 +606,25 @@ class Kiosk:
                 stats.frames += 1
                 last_t = frame.t_monotonic
                 self._frame = frame
-                faces = self.vision.observe(frame.image) if self.vision is not None else []
-                if faces:
-                    stats.frames_with_face += 1
-                if self.vision is not None:
-                    self._on_frame(frame, faces, stats)
+                t0 = perf()
+                try:
+                    self._vision_step(frame, stats)
+                except DataError as exc:
+                    self._bad_frame(frame, exc, stats)
+                except sqlite3.Error as exc:
+                    self._state_store_failed(exc, stats)
+                stats.frame_ms.append((perf() - t0) * 1000.0)
                 self._maintenance(frame.t_monotonic, stats)
                 self.notifier.keepalive()
                 if max_frames is not None and stats.frames >= max_frames:
                     break
             if self._active is not None:
+                # SIGTERM or the end of the stream: the person did not fail (module doc).
                 active, self._active = self._active, None
-                decision = active.session.end_of_stream(last_t)
+                decision = active.session.abandon(last_t)
                 self._decide(active.claim, decision, active.refs, active.vision.last, stats,
                              faces_in_view=0)
+            self._report_strangers(stats)
         finally:
             self.actuator.close()
             stats.elapsed_s = self.clock() - t_start

@@ -22,6 +22,9 @@ class Decision:
     lockout_s: float = 0.0  # lock now in force on the claim
     pad_score: float | None = None  # fused passive real-face score (None: not scored)
     pad_crops: int = 0  # crops behind it
+    # 1:few door: the face was far from every tenant, so the failure was not counted for the
+    # lockout (edge.session.lockout.stranger_below)
+    stranger: bool = False
 
     @property
     def decision(self) -> str:
@@ -43,6 +46,7 @@ class Decision:
             "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()},
             "latency_ms": _r(self.latency_ms),
             "lockout_s": round(self.lockout_s, 1),
+            **({"stranger": True} if self.stranger else {}),
         }
 
 

@@ -42,6 +42,10 @@ STATIC_WINDOW_S = 2.0
 COUNTED_REASONS = frozenset(
     {"no_blink", "static", "spoof", "face_changed", "mismatch", "timeout"}
 )
+# The session was cut short (SIGTERM, the end of the stream): nobody's attempt, never counted.
+ABANDONED = "abandoned"
+# A mismatch by a face far from every reference (1:few door): never counted (DESIGN §6).
+STRANGER = "stranger"
 # A face too far for a reliable passive crop is asked to come closer, one filling the frame to
 # step back; it is never passed on an unreliable crop.
 MOVE_PROMPTS = {"quality:too_far": "Please come closer", "quality:too_close": "Please step back"}
@@ -94,13 +98,21 @@ class VerificationSession:
         rng: random.Random | None = None,
         perf_clock: Callable[[], float] = time.perf_counter,
         prompt_at: Callable[[float], float] | None = None,
+        stranger_below: float | None = None,
+        uncounted: frozenset[str] = frozenset(),
     ) -> None:
+        """`stranger_below`: at a 1:few door, a failure whose face scores below it against every
+        reference is a stranger's and is not counted for the lockout (None: every failure of
+        COUNTED_REASONS counts). `uncounted`: reasons this kiosk does not hold against the
+        person (the door's own unseen blink prompt, `no_blink`)."""
         self.cfg = cfg
         self.vision = vision
         self.lockout = lockout
         self.rng = rng if rng is not None else random.SystemRandom()
         self._perf = perf_clock
         self._prompt_at = prompt_at
+        self._stranger_below = stranger_below
+        self._uncounted = uncounted
         self.state = State.IDLE
         self.prompt: str | None = None
         self.decision: Decision | None = None
@@ -191,6 +203,13 @@ class VerificationSession:
         if self.state == State.CHALLENGE:
             return self._finish(t, self._no_blink_reason(t))
         return self._finish(t, "timeout")
+
+    def abandon(self, t: float) -> Decision:
+        """The kiosk stops (SIGTERM) or its source ends mid-session: nobody failed, nothing is
+        counted for the lockout; a session already decided keeps its decision."""
+        if self.decision is not None:
+            return self.decision
+        return self._finish(t, ABANDONED, count=False)
 
     def step(
         self, frame: Frame, faces: Sequence[ObservationLike], received_perf: float | None = None
@@ -389,10 +408,17 @@ class VerificationSession:
         self._timing["total"] = (t - self._t0) * 1000.0
         self.prompt = None
         lock_s = 0.0
+        count = count and reason in COUNTED_REASONS and reason not in self._uncounted
+        stranger = count and self._is_stranger()
+        if stranger:
+            count = False
+            reason = STRANGER if reason == "mismatch" else reason
+            if score is None:
+                score = self._best_score()
         if self.lockout is not None:
             if reason is None:
                 self.lockout.record_success(self._claim_id)
-            elif count and reason in COUNTED_REASONS:
+            elif count:
                 lock_s = self.lockout.record_failure(self._claim_id)
             else:
                 lock_s = self.lockout.remaining_s(self._claim_id)
@@ -415,8 +441,24 @@ class VerificationSession:
             lockout_s=lock_s,
             pad_score=fuse_passive(self._pad_scores),
             pad_crops=len(self._pad_scores),
+            stranger=stranger,
         )
         return self.decision
+
+    def _best_score(self) -> float | None:
+        """Best cosine similarity of the session's face to any reference (None: no probe)."""
+        probes = self._acq_embeddings + self._post_embeddings
+        if not probes or not self._references:
+            return None
+        probe = _mean_unit(probes)
+        return max(float(np.dot(probe, r)) for r in self._references)
+
+    def _is_stranger(self) -> bool:
+        """A failure by a face far from every reference (only with `stranger_below`)."""
+        if self._stranger_below is None:
+            return False
+        best = self._best_score()
+        return best is not None and best < self._stranger_below
 
 
 def _mean_unit(vectors: list[Embedding]) -> NDArray[np.float64]:

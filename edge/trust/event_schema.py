@@ -109,6 +109,10 @@ SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         {"last_seen_ts": lambda v: v is None or _num(v), "door": _str},
     ),
     "verify.reject": ({**_DECISION, "reason": _str}, {"claim": _str}),
+    # The relay failed after a committed accept (the event `accept_seq` of this device): the
+    # backend voids or flags that accept. `actuator` is the config's kind (gpio, serial...),
+    # `reason` one word (timeout, error).
+    "actuator.fault": ({"actuator": _str, "accept_seq": _nat, "reason": _str}, {}),
     "console.audit": (
         {"action": _str, "ok": _bool},
         {"detail": _str0, "actor": _str, "subject": _str},

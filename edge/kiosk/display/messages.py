@@ -53,6 +53,7 @@ _CLAIM_ALIASES = {"keypad": "phone", "pos": "phone", "household": "face", "liven
 
 REASON_TEXT: dict[str, Text] = {
     "mismatch": ("人脸与账户不符", "Your face did not match this account"),
+    "stranger": ("此人脸未在本门登记", "This face is not registered at this door"),
     "spoof": ("未能确认为真人", "We could not confirm a live face"),
     "static": ("画面没有动作，未能确认为真人",
                "No movement was seen — we could not confirm a live face"),

@@ -35,6 +35,7 @@ STATES: dict[str, str] = {
 # valid; an unknown reason still renders (as a plain "not verified").
 DENIAL_REASONS: tuple[str, ...] = (
     "mismatch",
+    "stranger",
     "spoof",
     "static",
     "no_blink",
