@@ -71,6 +71,14 @@ class VisionConfig:
     # Embed the chip and its mirror and average: +3 pt TAR@FAR1e-3 on LFW for 2x embed time.
     # The shipped thresholds were calibrated with it on; recalibrate if you turn it off.
     flip_tta: bool = _f(True)
+    # At verification the mirrored chip is embedded only when the first (one-chip) score lies
+    # within this of the threshold in use: further away the mirror cannot change the decision
+    # (models/README.md, read from LFW pairsDevTrain). 2.0 = always; enrolment always mirrors.
+    flip_tta_margin: float = _f(0.03, lo=0.0, hi=2.0)
+    # Track faces from the last frame's mesh and run the detector on every Nth frame only (and
+    # whenever the mesh loses the face); 1 = detect on every frame. N = 5 sees a newcomer
+    # within 170 ms at 30 fps (edge/vision/track.py).
+    detect_every: int = _f(5, lo=1, hi=30)
 
 
 @dataclass(frozen=True)
