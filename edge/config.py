@@ -74,7 +74,7 @@ class VisionConfig:
     # At verification the mirrored chip is embedded only when the first (one-chip) score lies
     # within this of the threshold in use: further away the mirror cannot change the decision
     # (models/README.md, read from LFW pairsDevTrain). 2.0 = always; enrolment always mirrors.
-    flip_tta_margin: float = _f(0.03, lo=0.0, hi=2.0)
+    flip_tta_margin: float = _f(0.016, lo=0.0, hi=2.0)
     # Track faces from the last frame's mesh and run the detector on every Nth frame only (and
     # whenever the mesh loses the face); 1 = detect on every frame. N = 5 sees a newcomer
     # within 170 ms at 30 fps (edge/vision/track.py).

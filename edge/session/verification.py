@@ -358,12 +358,14 @@ class VerificationSession:
         self._blinks.update(t, eye_openness(marks.points), frame.index)
         self._motion.update(t, marks.points)
 
-    def _near(self, score: float, threshold: float) -> bool:
+    def _near(self, score: float, threshold: float, sides: int = 1) -> bool:
         """Adaptive flip TTA: a one-chip score this close to its threshold is recomputed with
-        the mirrored chips (vision.flip_tta_margin); further away the mirror changes nothing.
-        Marks the session `mirrored` and swaps the stored embeddings for the refined ones."""
+        the mirrored chips; further away the mirror changes nothing. The margin
+        (vision.flip_tta_margin) bounds how far one probe's mirror moves its score against a
+        template; `sides` = 2 when both vectors compared are one-chip probes (the continuity
+        check). Marks the session `mirrored`; the stored embeddings become the refined ones."""
         refine = getattr(self.vision, "refine", None)
-        if refine is None or abs(score - threshold) >= self.cfg.vision.flip_tta_margin:
+        if refine is None or abs(score - threshold) >= sides * self.cfg.vision.flip_tta_margin:
             return False
         if self.mirrored:
             return False  # already refined: the score is the TTA one
@@ -377,7 +379,7 @@ class VerificationSession:
         if before and after:
             floor = self.cfg.liveness.continuity_min_similarity
             similarity = float(np.dot(_mean_unit(before), _mean_unit(after)))
-            if self._near(similarity, floor):
+            if self._near(similarity, floor, sides=2):
                 similarity = float(np.dot(_mean_unit(before), _mean_unit(after)))
             if similarity < floor:
                 return self._finish(t, "face_changed")

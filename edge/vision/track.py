@@ -96,11 +96,14 @@ class FaceTracker:
 
     One tracker per camera stream: `observe` expects consecutive frames of one source."""
 
-    def __init__(self, pipeline: VisionPipeline, detect_every: int = 5) -> None:
+    def __init__(
+        self, pipeline: VisionPipeline, detect_every: int = 5, *, one_chip: bool = True
+    ) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every {detect_every}: give N >= 1")
         self.pipeline = pipeline
         self.detect_every = detect_every
+        self.one_chip = one_chip  # False: `embed` is the pipeline's (full flip TTA)
         self.stats = TrackStats()
         self._tracks: list[_Track] = []
         self._since_detect = 0
@@ -181,6 +184,8 @@ class FaceTracker:
         embedder = self.pipeline.embedder
         if embedder is None:
             raise ModelError("vision pipeline built without the embedder; load it with_embedder")
+        if not self.one_chip:
+            return self.pipeline.embed(image, landmarks)
         from edge.vision.embed import unit
 
         chip = align_chip(_image(image), five_points(landmarks))
