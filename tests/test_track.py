@@ -27,7 +27,7 @@ from edge.vision.pipeline import VisionPipeline
 from edge.vision.track import FaceTracker
 
 VIDEO = "liveness/videos/blink_webcam_7blinks_30fps.mp4"
-N = 5
+N = 2
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,10 @@ def test_a_second_face_is_seen_within_the_detect_interval_and_a_face_that_left_a
     """Two 320x240 tiles of a 640x480 frame: the person on the left, from frame 12 a second
     person on the right (the same clip, mirrored), from frame 30 nobody."""
     video = require_data(VIDEO)
-    tracker = FaceTracker(pipeline, N)
+    wide = 5  # a longer interval than the default shows the bound: seen within `wide` frames
+    tracker = FaceTracker(pipeline, wide)
     mon = ContinuityMonitor(CFG.liveness.continuity_min_iou, CFG.vision.min_face_px)
-    enters, leaves = 12 + 3, 30  # entering off the detector's cadence (it runs on 0, 5, 10, 15)
+    enters, leaves = 11, 30  # entering off the detector's cadence (it runs on 0, 5, 10, 15)
     seen_two = broke = None
     for k, img in enumerate(frames(video, 34, (320, 240))):
         canvas = np.zeros((480, 640, 3), np.uint8)
@@ -93,7 +94,8 @@ def test_a_second_face_is_seen_within_the_detect_interval_and_a_face_that_left_a
             seen_two = k
         if mon.update(k / 30, [o.box for o in faces])[1] == "face_changed" and broke is None:
             broke = k
-    assert seen_two is not None and enters <= seen_two < enters + N, seen_two
+    assert seen_two is not None and enters <= seen_two < enters + wide, seen_two
+    assert seen_two == 15  # the next detector frame, not before (tracking alone never finds it)
     assert broke == seen_two  # the one-person rule fires on the frame the newcomer is seen
 
 

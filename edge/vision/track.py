@@ -2,20 +2,32 @@
 mirrored chip embedded only when it can change a decision.
 
 Tracking (as MediaPipe's face-mesh graph does): once FaceMesh has found a face, the next frame's
-region of interest comes from this frame's landmarks (`roi_from_landmarks`), so the detector
-is not needed while the face stays. It still runs
+region of interest comes from this frame's landmarks, so the detector is not needed while the
+face stays. It still runs
 
 - on every `detect_every`-th frame, so a newcomer (a second face at the kiosk, the next person
-  in the queue) is seen within that many frames: N = 5 is 170 ms at 30 fps, within the
-  continuity monitor's 250 ms gap and the queue's 300 ms cool-down;
+  in the queue) is seen within that many frames (N = 2: 67 ms at 30 fps; N = 5 would be 170 ms,
+  still within the continuity monitor's 250 ms gap and the queue's 300 ms cool-down);
 - on any frame where a tracked face's mesh presence drops below 0.5 (the face left, turned
   away or was covered), on that same frame;
 - whenever nothing is tracked, and when the frame size changes.
 
 A tracked face's box is the detector's box carried by the landmarks: on the frame where the
 detector found it, the box's offset and size relative to the landmarks' bounding box are
-stored and re-applied to each tracked frame's landmarks, so continuity (IoU, scale step), the
-quality gates and the passive crop see boxes of the same kind on detected and tracked frames.
+stored and re-applied to each tracked frame's landmarks, and the mesh runs on that box's ROI
+exactly as on a detection's (`roi_transform`: 1.5x the box, levelled on the eye keypoints, here
+the mesh's eye centres). So continuity (IoU, scale step), the quality gates and the passive crop
+see boxes of the same kind on detected and tracked frames, and the eye opening the blink
+detector reads comes from crops of the same geometry.
+
+Why N = 2 and not MediaPipe's landmark-box ROI or a longer interval: FaceMesh's eye points
+shift with the crop, so a tracked ROI of another geometry (MediaPipe's: the landmarks' bounding
+box, levelled on the outer eye corners) or a carried ROI drifting for several frames changes
+the eye opening by up to 0.1 on the synthetic LivePortrait clips of the developer data, which
+the blink detector (calibrated on detection ROIs) then reads as blinks: with N = 3 or 5,
+liveportrait_d12 shows 3 blinks that are not there, with MediaPipe's ROI d10 one and d19 misses
+its blink. With N = 2 every live video of ../shared/data/liveness gives exactly the blinks of
+detection on every frame (tests/test_liveness_real.py runs through this tracker).
 
 Adaptive flip TTA: `embed` returns the one-chip embedding and keeps the chip (in memory, for a
 few embeddings); `refine` adds the mirrored chip's descriptor to it on request. The session asks
@@ -36,7 +48,7 @@ from edge.errors import ModelError
 from edge.vision import quality as quality_mod
 from edge.vision.align import align_chip, five_points
 from edge.vision.geometry import box_iou
-from edge.vision.landmarks import roi_from_landmarks
+from edge.vision.landmarks import roi_transform
 from edge.vision.pipeline import MIN_PRESENCE, FaceObservation, VisionPipeline, _image
 from edge.vision.types import Embedding, FaceBox, Landmarks
 
@@ -139,6 +151,8 @@ class FaceTracker:
         return self._detect(img)
 
     def _detect(self, img: NDArray[np.uint8]) -> list[FaceObservation]:
+        """The pipeline's own `observe` (detector, then FaceMesh on each detection's ROI);
+        each face with landmarks starts a track, with its box relative to its landmarks."""
         self.stats.detected += 1
         out = self.pipeline.observe(img)
         self._tracks = [
@@ -150,13 +164,17 @@ class FaceTracker:
         return out
 
     def _track(self, img: NDArray[np.uint8]) -> list[FaceObservation] | None:
-        """Every tracked face on its landmark ROI; None (detect instead) when one is lost or
-        shrank below the mesh's size, or two tracks merged."""
+        """Every tracked face on the ROI of its carried box; None (detect instead) when one
+        is lost, shrank below the mesh's size, or two tracks merged."""
         out: list[FaceObservation] = []
         tracks: list[_Track] = []
         for tr in self._tracks:
-            roi = roi_from_landmarks(tr.landmarks.points)
-            marks = self.pipeline.landmarks.predict_roi(img, roi)
+            # The detection ROI's geometry (roi_transform of a detector-like box), not
+            # MediaPipe's landmark-bbox ROI: FaceMesh's eye points move with the crop, and the
+            # blink detector was calibrated on detection ROIs (module doc).
+            marks = self.pipeline.landmarks.predict_roi(
+                img, roi_transform(carried_box(tr.landmarks, tr.rel))
+            )
             if marks.score < MIN_PRESENCE:
                 return None
             box = carried_box(marks, tr.rel)
