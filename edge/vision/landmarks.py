@@ -23,15 +23,15 @@ from edge.vision.types import KP_LEFT_EYE, KP_RIGHT_EYE, FaceBox, Landmarks
 INPUT = 192
 ROI_SCALE = 1.5
 NUM_POINTS = 468
-# Outer eye corners (subject's right, left) that set the tracked ROI's rotation (MediaPipe).
-TRACK_RIGHT_EYE, TRACK_LEFT_EYE = 33, 263
 
 
-def roi_matrix(
-    cx: float, cy: float, side: float, angle: float, size: int = INPUT
-) -> NDArray[np.float64]:
-    """(2, 3) affine matrix mapping crop pixels (u, v) in [0, size) to image pixels (x, y) for a
-    square of `side` px centred on (cx, cy), rotated by `angle` radians."""
+def roi_transform(box: FaceBox, scale: float = ROI_SCALE, size: int = INPUT) -> NDArray[np.float64]:
+    """(2, 3) affine matrix mapping crop pixels (u, v) in [0, size) to image pixels (x, y)."""
+    cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
+    side = max(box.width, box.height) * scale
+    eye_r, eye_l = box.keypoints[KP_RIGHT_EYE], box.keypoints[KP_LEFT_EYE]
+    # The subject's right eye is on the image's left: for an upright face the vector points +x.
+    angle = math.atan2(float(eye_l[1] - eye_r[1]), float(eye_l[0] - eye_r[0]))
     c, s = math.cos(angle), math.sin(angle)
     k = side / size
     # p = centre + R(angle) @ ((u - size/2) * k, (v - size/2) * k)
@@ -42,31 +42,6 @@ def roi_matrix(
         ],
         dtype=np.float64,
     )
-
-
-def roi_transform(box: FaceBox, scale: float = ROI_SCALE, size: int = INPUT) -> NDArray[np.float64]:
-    """(2, 3) affine matrix mapping crop pixels (u, v) in [0, size) to image pixels (x, y)."""
-    cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
-    side = max(box.width, box.height) * scale
-    eye_r, eye_l = box.keypoints[KP_RIGHT_EYE], box.keypoints[KP_LEFT_EYE]
-    # The subject's right eye is on the image's left: for an upright face the vector points +x.
-    angle = math.atan2(float(eye_l[1] - eye_r[1]), float(eye_l[0] - eye_r[0]))
-    return roi_matrix(cx, cy, side, angle, size)
-
-
-def roi_from_landmarks(
-    points: NDArray[np.floating], scale: float = ROI_SCALE, size: int = INPUT
-) -> NDArray[np.float64]:
-    """The next frame's ROI from this frame's mesh, as MediaPipe's face-mesh tracking derives
-    it (face_landmarks_to_roi): the landmarks' bounding box, rotated so the outer eye corners
-    (33 -> 263) are level, a square `scale` x its longer side. A face moves little between
-    frames, so this replaces the detector on tracked frames."""
-    xy = np.asarray(points, dtype=np.float64)[:, :2]
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    (cx, cy), (w, h) = (lo + hi) / 2, hi - lo
-    right, left = xy[TRACK_RIGHT_EYE], xy[TRACK_LEFT_EYE]
-    angle = math.atan2(float(left[1] - right[1]), float(left[0] - right[0]))
-    return roi_matrix(float(cx), float(cy), float(max(w, h)) * scale, angle, size)
 
 
 class LandmarkModel:
@@ -98,8 +73,8 @@ class LandmarkModel:
         return self.predict_roi(image, roi_transform(box))
 
     def predict_roi(self, image: NDArray[np.uint8], m: NDArray[np.float64]) -> Landmarks:
-        """468 landmarks in the ROI `m` (crop px -> image px, `roi_transform` or
-        `roi_from_landmarks`) of an (H, W, 3) uint8 RGB frame."""
+        """468 landmarks in the ROI `m` (crop px -> image px, e.g. `roi_transform` of a box
+        carried from the last frame, edge.vision.track) of an (H, W, 3) uint8 RGB frame."""
         cv2.warpAffine(
             image,
             m,
