@@ -35,6 +35,7 @@ bench-peer: setup
 	@test -x ../peer-venv/bin/python || $(BIN)/python bench/peer_face_recognition.py --setup
 	@mkdir -p out
 	$(BIN)/python bench/peer_face_recognition.py --json out/bench-peer.json
+	$(BIN)/python bench/peer_face_recognition.py --size 640x480 --json out/bench-peer-640x480.json
 
 models: setup
 	$(BIN)/python models/tools/verify.py

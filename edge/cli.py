@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, metavar="N", help="N pairs, half same, half different")
     e.add_argument("--model", metavar="F", help="evaluate another embedder .tflite (no hash check)")
     e.add_argument("--no-flip", action="store_true", help="embed without the mirrored chip")
+    e.add_argument("--tta", choices=("always", "adaptive", "off"),
+                   help="mirrored chip: always (default), adaptive (the kiosk's), off")
     e.add_argument(
         "--calibrate", action="store_true", help="derive thresholds from these (training) pairs"
     )

@@ -80,6 +80,15 @@ class VisionConfig:
     # Embed the chip and its mirror and average: +3 pt TAR@FAR1e-3 on LFW for 2x embed time.
     # The shipped thresholds were calibrated with it on; recalibrate if you turn it off.
     flip_tta: bool = _f(True)
+    # At verification the mirrored chip is embedded only when the first (one-chip) score lies
+    # within this of the threshold in use: further away the mirror cannot change the decision
+    # (models/README.md, read from LFW pairsDevTrain). 2.0 = always; enrolment always mirrors.
+    flip_tta_margin: float = _f(0.016, lo=0.0, hi=2.0)
+    # Track faces from the last frame's mesh and run the detector on every Nth frame only (and
+    # whenever the mesh loses the face); 1 = detect on every frame. N = 2 keeps every blink of
+    # the developer data as it is with detection on every frame; N >= 3 adds false blinks on
+    # synthetic clips (edge/vision/track.py). N <= 7 sees a newcomer within 250 ms at 30 fps.
+    detect_every: int = _f(2, lo=1, hi=7)
 
 
 @dataclass(frozen=True)

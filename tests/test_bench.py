@@ -49,6 +49,11 @@ def test_default_run_reports_every_stage_and_the_process_figures(
     assert r["fps"] > 0 and 20 < r["rss_mb"] < 2000
     assert r["threads"] == 1 and r["runtime"].split()[0] in ("ai_edge_litert", "tflite_runtime")
     assert "blink_webcam_7blinks_30fps.mp4" in r["source"]
+    # The kiosk's tracker: the detector on some frames, FaceMesh on the carried ROI on the rest.
+    assert r["detect_every"] == 2 and 0 < r["frames_detected"] < r["frames"]
+    assert r["track"]["p50_ms"] > 0 and r["embed_chips"] == 1
+    vpf = r["vision_per_frame"]
+    assert vpf["cpu_p50_ms"] > 0 and 0 < vpf["p50_ms"] <= vpf["p95_ms"]
 
 
 def test_every_stage_is_timed_and_none_is_reported_missing(default_run: dict[str, Any]) -> None:

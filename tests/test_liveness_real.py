@@ -34,6 +34,7 @@ from edge.measure.eval_liveness import (
     video_frames,
 )
 from edge.vision.pipeline import VisionPipeline
+from edge.vision.track import FaceTracker
 
 pytestmark = pytest.mark.slow
 CFG = Config()
@@ -52,6 +53,11 @@ MISLABELLED_OPEN_CLIPS = {
 FILLS_THE_FRAME = {"videos/blink_glasses_lowres_25fps.mp4": "96x128 frame, 93 px face"}
 
 
+def tracked(pipeline: VisionPipeline) -> FaceTracker:
+    """Faces tracked as the kiosk tracks them (detector every `vision.detect_every` frames)."""
+    return FaceTracker(pipeline, CFG.vision.detect_every, one_chip=False)
+
+
 @pytest.fixture(scope="module")
 def data() -> LivenessData:
     return read_data(require_data("liveness"))
@@ -62,7 +68,7 @@ def analyser() -> Analyser:
     require_data("liveness")
     # With the embedder, always: a missing or broken model fails here instead of quietly
     # dropping the identity checks (the face-swap pairs below need it).
-    analyser = Analyser(VisionPipeline.from_config(CFG, with_embedder=True))
+    analyser = Analyser(tracked(VisionPipeline.from_config(CFG, with_embedder=True)))
     assert analyser.has_embedder
     return analyser
 
@@ -73,7 +79,7 @@ def records(analyser: Analyser, data: LivenessData) -> Callable[..., list[FrameR
     (blink-only uses such as the 293 open-eye clips)."""
     cache: dict[tuple[str, bool], list[FrameRecord]] = {}
     root = require_data("liveness")
-    plain = Analyser(VisionPipeline.from_config(CFG, with_embedder=False))
+    plain = Analyser(tracked(VisionPipeline.from_config(CFG, with_embedder=False)))
 
     def get(name: str, embed: bool = True) -> list[FrameRecord]:
         if (name, True) in cache:

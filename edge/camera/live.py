@@ -26,8 +26,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-import numpy as np
-
 from edge.camera.base import Frame, ImageRGB
 from edge.config import CameraConfig
 from edge.errors import SourceError
@@ -340,7 +338,11 @@ class Picamera2Capture:
         bgr = self._cam.capture_array("main")
         if bgr is None:
             return None
-        return np.ascontiguousarray(bgr[:, :, 2::-1])
+        from edge.camera.file import to_rgb
+
+        # cv2.cvtColor, not a reversed numpy view made contiguous: 0.35 ms vs 14 ms per
+        # 1620x1080 frame on one core (the same channels: 2, 1, 0; X of XBGR dropped).
+        return to_rgb(bgr)
 
     def release(self) -> None:
         self._cam.stop()

@@ -18,6 +18,7 @@ from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.measure.eval_liveness import Analyser, evaluate, meets_targets, plot_passive
 from edge.vision.pipeline import VisionPipeline
+from edge.vision.track import FaceTracker
 
 
 def _load_pipeline(cfg: Config) -> VisionPipeline:
@@ -35,7 +36,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     check_json_target(args.json_out)
     if args.plot:
         check_json_target(args.plot)
-    result = evaluate(Path(args.data), cfg, Analyser(_load_pipeline(cfg)), challenge=args.challenge)
+    # Faces tracked as the kiosk tracks them; embeddings of both chips, as before (the replayed
+    # sessions compare them without the kiosk's adaptive refinement).
+    vision = FaceTracker(_load_pipeline(cfg), cfg.vision.detect_every, one_chip=False)
+    result = evaluate(Path(args.data), cfg, Analyser(vision), challenge=args.challenge)
     if args.plot:
         plot_passive(Path(args.plot), result)
     result.pop("_kinds", None)

@@ -34,6 +34,7 @@ from edge.transport.outbox import OUTBOX_FILE, Outbox
 from edge.trust.events import EventFactory
 from edge.trust.keys import DeviceKeys, init_keys, keys_dir, load_keys, parse_backend_public_key
 from edge.vision.pipeline import VisionPipeline
+from edge.vision.track import FaceTracker
 
 if TYPE_CHECKING:
     from edge.kiosk.claims.qr import QrClaimReader
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         )
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = _keys(cfg)
-    vision = VisionPipeline.from_config(cfg)
+    vision = FaceTracker(VisionPipeline.from_config(cfg), cfg.vision.detect_every)
     with contextlib.ExitStack() as stack:
         claims, qr = _claims(args, cfg, keys, stack)
         source = open_source(uri, cfg.camera)

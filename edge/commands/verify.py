@@ -19,6 +19,7 @@ from edge.session.decision import Decision
 from edge.session.lockout import LockoutStore
 from edge.session.verification import Embedding, PipelineVision, VerificationSession
 from edge.vision.pipeline import VisionPipeline
+from edge.vision.track import FaceTracker
 
 
 def load_reference(cfg: Config, subject: str) -> list[Embedding]:
@@ -34,7 +35,7 @@ def load_reference(cfg: Config, subject: str) -> list[Embedding]:
 
 
 def run_session(
-    session: VerificationSession, pipeline: VisionPipeline, uri: str, cfg: Config
+    session: VerificationSession, pipeline: VisionPipeline | FaceTracker, uri: str, cfg: Config
 ) -> Decision:
     """Feed the source's frames through the pipeline into the session until it decides."""
     prompt: str | None = None
@@ -55,7 +56,7 @@ def run_session(
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     references = load_reference(cfg, args.subject)
-    pipeline = VisionPipeline.from_config(cfg, with_embedder=True)
+    pipeline = FaceTracker(VisionPipeline.from_config(cfg), cfg.vision.detect_every)
     rng = random.Random(args.seed) if args.seed is not None else None
     with LockoutStore.open(Path(cfg.state_dir), cfg.session) as lockout:
         session = VerificationSession(cfg, PipelineVision(pipeline), lockout=lockout, rng=rng)

@@ -40,6 +40,7 @@ from edge.transport.outbox import OUTBOX_FILE, Outbox
 from edge.trust.events import EventFactory
 from edge.trust.keys import init_keys, public_keys
 from edge.vision.pipeline import VisionPipeline
+from edge.vision.track import FaceTracker
 
 SUBJECT = "demo-visitor"
 ENROL_FROM = 300  # frames 300.. hold a blink (332): enrolment
@@ -76,8 +77,9 @@ def _session(
     first = next(frames)
     t0 = first.t_monotonic
     prompt_t = None if prompt_after_s is None else t0 + prompt_after_s
+    vision = FaceTracker(pipeline, cfg.vision.detect_every)  # a live stream: tracked
     session = VerificationSession(
-        cfg, PipelineVision(pipeline), rng=random.Random(0),
+        cfg, PipelineVision(vision), rng=random.Random(0),
         prompt_at=(lambda t: max(t, prompt_t)) if prompt_t is not None else None,
     )  # fmt: skip
     session.wait_for_claim(t0)
@@ -88,7 +90,7 @@ def _session(
     last_t = t0
     for frame in itertools.chain([first], frames):
         last_t = frame.t_monotonic
-        decision = session.step(frame, pipeline.observe(frame))
+        decision = session.step(frame, vision.observe(frame))
         if session.prompt != shown and session.prompt:
             end = session.challenge_window_end_t
             left = {} if end is None else {"seconds_left": round(end - frame.t_monotonic, 1)}

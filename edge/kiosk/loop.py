@@ -117,6 +117,11 @@ class _CapturingVision:
     def pad_score(self, frame: Frame, obs: Any) -> float | None:
         return self.vision.pad_score(frame, obs)
 
+    def refine(self, embedding: Embedding) -> Embedding | None:
+        """Adaptive flip TTA (edge.vision.track): the mirrored chip's help, when available."""
+        refine = getattr(self.vision, "refine", None)
+        return None if refine is None else refine(embedding)
+
 
 @dataclass
 class _Active:

@@ -88,7 +88,7 @@ class BlinkDetector:
             return None
         if self._history[-1][0] - self._history[0][0] < MIN_HISTORY_S - TIME_EPS_S:
             return None
-        return float(np.percentile([v for _, v in self._history], BASELINE_PERCENTILE))
+        return _percentile(sorted(v for _, v in self._history), BASELINE_PERCENTILE)
 
     @property
     def closed(self) -> bool:
@@ -200,6 +200,15 @@ class BlinkDetector:
         self._history.append((t, ear))
         while self._history and t - self._history[0][0] > BASELINE_WINDOW_S + TIME_EPS_S:
             self._history.popleft()
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """numpy.percentile's default (linear) on an already sorted list: the same value, without
+    numpy's per-call overhead (~0.1 ms on 60 values, paid on every frame of a session)."""
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def detect_blinks(

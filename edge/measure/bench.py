@@ -1,19 +1,22 @@
 """Per-stage timing of the vision path on real frames (`facegate bench`).
 
-Stages per frame: `detect` (BlazeFace, full frame), `landmarks` (FaceMesh on the best face),
-`liveness` (eye openness + blink detector update), then on one frame with a face in
+Stages per frame, through the kiosk's FaceTracker (edge/vision/track.py): `detect` (BlazeFace,
+full frame) and `landmarks` (FaceMesh on each detected face) on the frames where the detector
+runs (every `vision.detect_every`-th, or when the face is lost), `track` (FaceMesh on the ROI
+carried from the last frame's landmarks) on the others; `liveness` (eye openness + blink
+detector update), then on one frame with a face in
 `embed_every` (the first, then every Nth) `align` (5-point chip) and `embed` (int8 embedder);
 `frame` is their sum for that frame. `pad` (the two MiniFASNet crops and models) runs at the
 session's cadence (`liveness.pad_every_s` on the frame timeline), and `vision_per_frame` is
-detect + landmarks + liveness + pad per frame averaged over each second of frames (a session),
-its p50/p95 over those windows: the DESIGN §7 per-frame budget. The kiosk embeds one acquire
-frame and one verify frame per session, and a session with a blink challenge lasts 1-3 s (30-90
-frames at 30 fps), so EMBED_EVERY = 15 embeds at least as often as the kiosk does and `fps` is
-the kiosk loop's. `--embed-every 1` embeds every frame; the embedder's 5.7 MB of weights then
-also evict the detector's and FaceMesh's from the cache between frames (measured: +0.1 to +0.4
-ms on detect + landmarks + liveness p50 on the development VM). Frame decoding is not timed (a
-camera delivers decoded frames). A stage whose module or model is not available is reported as
-null with a note.
+detect + landmarks + track + liveness + pad per frame averaged over each second of frames (a
+session), its p50/p95 over those windows (and the CPU-time p50): the DESIGN §7 per-frame
+budget. The kiosk embeds one acquire frame and one verify frame per session, and a session
+with a blink challenge lasts 1-3 s (30-90 frames at 30 fps), so EMBED_EVERY = 15 embeds at least as
+often as the kiosk does and `fps` is the kiosk loop's. `--embed-every 1` embeds every frame; the
+embedder's 5.7 MB of weights then also evict the detector's and FaceMesh's from the cache between
+frames (measured: +0.1 to +0.4 ms on detect + landmarks + liveness p50 on the development VM). Frame
+decoding is not timed (a camera delivers decoded frames). A stage whose module or model is not
+available is reported as null with a note.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from edge.errors import DataError
 from edge.vision.detect import FaceDetector
 from edge.vision.landmarks import LandmarkModel
 from edge.vision.models import DETECTOR, EMBEDDER, LANDMARKER, model_path
+from edge.vision.pipeline import VisionPipeline
 from edge.vision.runtime import runtime_name
+from edge.vision.track import FaceTracker
 
-STAGES = ("detect", "landmarks", "liveness", "pad", "align", "embed", "frame")
+STAGES = ("detect", "landmarks", "track", "liveness", "pad", "align", "embed", "frame")
+VISION_STAGES = ("detect", "landmarks", "track", "liveness", "pad")  # vision_per_frame
 SESSION_S = 1.0  # vision_per_frame averages the per-frame cost over windows this long
 WARMUP_FRAMES = 5
 EMBED_EVERY = 15  # align + embed one frame with a face in 15 (module doc)
@@ -102,6 +108,7 @@ class Stages:
     align: Callable[[NDArray[np.uint8], Any], NDArray[np.uint8]] | None = None
     embed: Callable[[NDArray[np.uint8]], object] | None = None
     pad: Callable[[NDArray[np.uint8], Any], object] | None = None
+    embed_chips: int = 2  # 1 with adaptive flip TTA (the mirror only near the threshold)
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -133,6 +140,9 @@ def optional_stages(cfg: Config, threads: int) -> Stages:
         embed_mod = importlib.import_module("edge.vision.embed")
         embedder = embed_mod.Embedder(model_path(cfg.models_dir, EMBEDDER), threads)
         st.embed = embedder.embed
+        if cfg.vision.flip_tta and cfg.vision.flip_tta_margin < 2.0:
+            st.embed = embedder.raw  # adaptive flip TTA: a verified frame embeds one chip
+            st.embed_chips = 1
     except (ImportError, AttributeError) as exc:
         st.notes["embed"] = f"embedder not available ({exc})"
     if cfg.liveness.pad:
@@ -179,8 +189,44 @@ class _Timer:
     def __call__(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
         w0, c0 = time.perf_counter(), self._cpu()
         out = fn(*args)
-        self.spent[stage] = (time.perf_counter() - w0, self._cpu() - c0)
+        w, c = self.spent.get(stage, (0.0, 0.0))  # a stage run twice (two faces) adds up
+        self.spent[stage] = (w + time.perf_counter() - w0, c + self._cpu() - c0)
         return out
+
+
+class _TimedDetector:
+    """The detector as the tracker calls it, timed as `detect`."""
+
+    def __init__(self, inner: FaceDetector) -> None:
+        self.inner, self.timer = inner, _Timer({})
+
+    def detect(self, image: NDArray[np.uint8]) -> Any:
+        return self.timer("detect", self.inner.detect, image)
+
+
+class _TimedMesh:
+    """FaceMesh as the tracker calls it: on a detected box (`landmarks`) or on the ROI carried
+    from the last frame's landmarks (`track`)."""
+
+    def __init__(self, inner: LandmarkModel) -> None:
+        self.inner, self.timer = inner, _Timer({})
+
+    def predict(self, image: NDArray[np.uint8], box: Any) -> Any:
+        return self.timer("landmarks", self.inner.predict, image, box)
+
+    def predict_roi(self, image: NDArray[np.uint8], m: Any) -> Any:
+        return self.timer("track", self.inner.predict_roi, image, m)
+
+
+def _tracker(cfg: Config, threads: int) -> tuple[FaceTracker, _TimedDetector, _TimedMesh]:
+    """The kiosk's FaceTracker over timed detector and mesh (no embedder, no PAD: timed apart)."""
+    v = cfg.vision
+    det = _TimedDetector(
+        FaceDetector(model_path(cfg.models_dir, DETECTOR), threads, v.detect_score, v.nms_iou)
+    )
+    mesh = _TimedMesh(LandmarkModel(model_path(cfg.models_dir, LANDMARKER), threads))
+    pipe = VisionPipeline(det, mesh, cfg.quality, float(v.min_face_px))  # type: ignore[arg-type]
+    return FaceTracker(pipe, v.detect_every), det, mesh
 
 
 def run_bench(
@@ -196,16 +242,13 @@ def run_bench(
 
     # OpenCV's own thread pool (resize, warp) would use other cores; "N threads" means N.
     cv2.setNumThreads(threads)
-    v = cfg.vision
-    detector = FaceDetector(
-        model_path(cfg.models_dir, DETECTOR), threads, v.detect_score, v.nms_iou
-    )
-    marks_model = LandmarkModel(model_path(cfg.models_dir, LANDMARKER), threads)
+    tracker, det, mesh = _tracker(cfg, threads)
     st = optional_stages(cfg, threads)
     wall: dict[str, list[float]] = {s: [] for s in STAGES}
     cpu: dict[str, list[float]] = {s: [] for s in STAGES}
-    dll: list[float] = []  # detect + landmarks + liveness per frame
-    per_frame: list[tuple[float, float]] = []  # (t_s, detect+landmarks+liveness+pad ms)
+    dll: list[float] = []  # detect + landmarks + track + liveness per frame
+    per_frame: list[tuple[float, float]] = []  # (t_s, VISION_STAGES wall ms)
+    per_frame_cpu: list[tuple[float, float]] = []
     pad_last_t = -1e9
     with_face = seen = embedded = 0
     size: tuple[int, int] | None = None
@@ -216,15 +259,16 @@ def run_bench(
         warming = seen <= WARMUP_FRAMES  # every model runs (and packs its weights), untimed
         size = (int(image.shape[1]), int(image.shape[0]))
         spent: dict[str, tuple[float, float]] = {}
-        timed = _Timer(spent, threads)
+        timed = det.timer = mesh.timer = _Timer(spent, threads)
 
-        faces = timed("detect", detector.detect, image)
-        if faces and faces[0].size_px >= v.min_face_px:
-            marks = timed("landmarks", marks_model.predict, image, faces[0])
+        marked = [o for o in tracker.observe(image) if o.landmarks is not None]
+        if marked:
+            face, marks = marked[0].box, marked[0].landmarks
+            assert marks is not None
             if st.liveness is not None:
                 timed("liveness", st.liveness, marks.points, t_s, index)
             if st.pad is not None and (warming or t_s - pad_last_t >= cfg.liveness.pad_every_s):
-                timed("pad", st.pad, image, faces[0])
+                timed("pad", st.pad, image, face)
                 pad_last_t = t_s
             if st.align is not None and (warming or with_face % embed_every == 0):
                 chip = timed("align", st.align, image, marks)
@@ -233,20 +277,20 @@ def run_bench(
         if warming:
             continue
         embedded += "embed" in spent
-        with_face += "landmarks" in spent
+        with_face += bool(marked)
         for stage, (w, c) in spent.items():
             wall[stage].append(w * 1000)
             cpu[stage].append(c * 1000)
         wall["frame"].append(sum(w for w, _ in spent.values()) * 1000)
         cpu["frame"].append(sum(c for _, c in spent.values()) * 1000)
         dll.append(
-            sum(spent[k][0] for k in ("detect", "landmarks", "liveness") if k in spent) * 1000
+            sum(spent[k][0] for k in ("detect", "landmarks", "track", "liveness") if k in spent)
+            * 1000
         )
-        per_frame.append(
-            (t_s, sum(spent[k][0] for k in ("detect", "landmarks", "liveness", "pad")
-                      if k in spent) * 1000)
-        )  # fmt: skip
+        per_frame.append((t_s, sum(spent[k][0] for k in VISION_STAGES if k in spent) * 1000))
+        per_frame_cpu.append((t_s, sum(spent[k][1] for k in VISION_STAGES if k in spent) * 1000))
     timed_frames = max(0, seen - WARMUP_FRAMES)
+    detected = len(wall["detect"])
     if timed_frames == 0:
         raise DataError("the bench source gave no frames to time; give a longer --source")
     current, peak = rss_mb()
@@ -264,7 +308,12 @@ def run_bench(
             "frames_embedded": embedded,
             "frame_size": list(size) if size else None,
             "detect_landmarks_liveness": _pct(dll),
-            "vision_per_frame": _pct(session_means(per_frame, SESSION_S)),
+            "vision_per_frame": _pct(
+                session_means(per_frame, SESSION_S), session_means(per_frame_cpu, SESSION_S)
+            ),
+            "detect_every": tracker.detect_every,
+            "embed_chips": st.embed_chips,
+            "frames_detected": detected,
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "cpus": os.cpu_count(),
         }
@@ -275,7 +324,9 @@ def run_bench(
         "p50_ms/p95_ms wall clock; min_ms the fastest frame; cpu_p50_ms CPU time of the "
         "stage (its thread's with --threads 1, else the process's), which other processes on "
         "a shared machine do not inflate; a video source is decoded on one thread between "
-        "stages, not alongside them"
+        "stages, not alongside them; `embed` embeds `embed_chips` chips (1: adaptive flip TTA "
+        "adds the mirror, the same cost again, only near the threshold; `eval lfw --tta "
+        "adaptive` reports how often)"
     )
     result["note"] = notes
     return result

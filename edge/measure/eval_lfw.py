@@ -128,6 +128,53 @@ def pair_scores(pairs: list[Pair], emb: dict[str, Embedding | None]) -> NDArray[
     return s
 
 
+def template_probe_scores(
+    pairs: list[Pair], template: dict[str, Embedding | None], probe: dict[str, Embedding | None]
+) -> NDArray[np.float64]:
+    """Cosine similarity of template(a) and probe(b) per pair; NaN where an image had no face."""
+    s = np.full(len(pairs), np.nan)
+    for i, p in enumerate(pairs):
+        ea, eb = template.get(p.a), probe.get(p.b)
+        if ea is not None and eb is not None:
+            s[i] = float(np.dot(ea, eb))
+    return s
+
+
+def adaptive_scores(
+    pairs: list[Pair],
+    full: dict[str, Embedding | None],
+    single: dict[str, Embedding | None],
+    threshold: float,
+    margin: float,
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Scores as adaptive flip TTA makes them at the kiosk, and which pairs needed the mirror.
+
+    The first image of a pair plays the enrolled template (always chip + mirror, as enrolment
+    embeds), the second the probe: its chip alone first, its mirror added only when that first
+    score lies within `margin` of `threshold`."""
+    first = template_probe_scores(pairs, full, single)
+    both = pair_scores(pairs, full)
+    mirrored = ~np.isnan(first) & (np.abs(first - threshold) < margin)
+    return np.where(mirrored, both, first), mirrored
+
+
+def mirror_shift(
+    pairs: list[Pair], full: dict[str, Embedding | None], single: dict[str, Embedding | None]
+) -> dict[str, float]:
+    """How far adding the probe's mirror moves a score: |template . full - template . single|
+    over every pair, each image in turn the probe. Adaptive TTA can change no decision of a
+    pair whose first score lies further than this from the threshold: the margin is read from
+    this distribution on TRAINING pairs (models/README.md)."""
+    swapped = [Pair(p.b, p.a, p.same, p.fold) for p in pairs]
+    shifts = []
+    for ps in (pairs, swapped):
+        d = pair_scores(ps, full) - template_probe_scores(ps, full, single)
+        shifts.append(np.abs(d[~np.isnan(d)]))
+    d_all = np.concatenate(shifts)
+    q = {f"q{k}": round(float(np.quantile(d_all, k / 1000)), 5) for k in (500, 990, 999)}
+    return {"n": int(d_all.size), **q, "max": round(float(d_all.max()), 5)}
+
+
 def roc(scores: NDArray[np.float64], same: NDArray[np.bool_]) -> tuple[NDArray[np.float64], ...]:
     """(far, tar, thresholds) for every distinct score, thresholds descending; a pair without
     a face scores below everything (rejected at any threshold)."""

@@ -87,7 +87,11 @@ class Analyser:
 
     def run(self, frames: Iterable[Frame], embed: bool = True) -> list[FrameRecord]:
         """Records of every frame; `embed=False` skips the embedder (no identity continuity:
-        the stricter setting for attacks that keep one face in view)."""
+        the stricter setting for attacks that keep one face in view). A tracking pipeline
+        (edge.vision.track) starts each run afresh: one run is one camera stream."""
+        reset = getattr(self.pipeline, "reset", None)
+        if callable(reset):
+            reset()
         return [self.frame(f, embed) for f in frames]
 
 

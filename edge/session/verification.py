@@ -76,6 +76,12 @@ class PipelineVision:
         score: float | None = self.pipeline.pad_score(frame.image, obs)
         return score
 
+    def refine(self, embedding: Embedding) -> Embedding | None:
+        """The flip-TTA embedding of a one-chip one (edge.vision.track), when the pipeline
+        embeds one chip first; None otherwise."""
+        refine = getattr(self.pipeline, "refine", None)
+        return None if refine is None else refine(embedding)
+
 
 class State(enum.Enum):
     IDLE = "idle"
@@ -141,6 +147,7 @@ class VerificationSession:
         self._pad_last_t = -math.inf
         self._passive_motion = MotionMonitor(lv.passive_min_s, lv.passive_motion_px)
         self._acquired_t = 0.0
+        self.mirrored = False  # adaptive flip TTA: the mirrored chips were needed (_near)
 
     @property
     def tracked_box(self) -> BoxLike | None:
@@ -370,11 +377,30 @@ class VerificationSession:
         self._blinks.update(t, eye_openness(marks.points), frame.index)
         self._motion.update(t, marks.points)
 
+    def _near(self, score: float, threshold: float, sides: int = 1) -> bool:
+        """Adaptive flip TTA: a one-chip score this close to its threshold is recomputed with
+        the mirrored chips; further away the mirror changes nothing. The margin
+        (vision.flip_tta_margin) bounds how far one probe's mirror moves its score against a
+        template; `sides` = 2 when both vectors compared are one-chip probes (the continuity
+        check). Marks the session `mirrored`; the stored embeddings become the refined ones."""
+        refine = getattr(self.vision, "refine", None)
+        if refine is None or abs(score - threshold) >= sides * self.cfg.vision.flip_tta_margin:
+            return False
+        if self.mirrored:
+            return False  # already refined: the score is the TTA one
+        for store in (self._acq_embeddings, self._post_embeddings):
+            store[:] = [r if (r := refine(e)) is not None else e for e in store]
+        self.mirrored = True
+        return True
+
     def _decide(self, t: float) -> Decision:
         before, after = self._acq_embeddings, self._post_embeddings
         if before and after:
+            floor = self.cfg.liveness.continuity_min_similarity
             similarity = float(np.dot(_mean_unit(before), _mean_unit(after)))
-            if similarity < self.cfg.liveness.continuity_min_similarity:
+            if self._near(similarity, floor, sides=2):
+                similarity = float(np.dot(_mean_unit(before), _mean_unit(after)))
+            if similarity < floor:
                 return self._finish(t, "face_changed")
         lv = self.cfg.liveness
         if lv.pad:
@@ -388,10 +414,12 @@ class VerificationSession:
         probes = before + after
         if not probes or not self._references:
             return self._finish(t, "mismatch")
-        probe = _mean_unit(probes)
-        score = max(float(np.dot(probe, r)) for r in self._references)
         v = self.cfg.verify
         threshold = v.payment_threshold if self._payment else v.threshold
+        score = max(float(np.dot(_mean_unit(probes), r)) for r in self._references)
+        if self._near(score, threshold):
+            probes = before + after
+            score = max(float(np.dot(_mean_unit(probes), r)) for r in self._references)
         return self._finish(t, None if score >= threshold else "mismatch", score=score)
 
     # -- bookkeeping -------------------------------------------------------------------------

@@ -142,11 +142,14 @@ class FaceDetector:
         self._reg, self._cls = outs[(896, 16)], outs[(896, 1)]
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
+        self._x = np.empty((1, INPUT, INPUT, 3), dtype=np.float32)  # reused: no per-call mmap
 
     def _raw(self, square: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Decoded candidates on one 128x128 RGB square: boxes/keypoints in [0,1], scores."""
-        x = square.astype(np.float32) * (2.0 / 255.0) - 1.0
-        self._interp.set_tensor(self._in, x[None])
+        x = self._x
+        np.multiply(square, np.float32(2.0 / 255.0), out=x[0], casting="unsafe")
+        np.subtract(x, np.float32(1.0), out=x)
+        self._interp.set_tensor(self._in, x)
         self._interp.invoke()
         reg = self._interp.get_tensor(self._reg)[0]
         logits = self._interp.get_tensor(self._cls)[0, :, 0]

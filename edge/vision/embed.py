@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -59,18 +60,33 @@ class Embedder:
 
     def embed(self, chip: NDArray[np.uint8]) -> Embedding:
         """(128,) float32 L2-normalised embedding of a (150, 150, 3) uint8 RGB aligned chip."""
+        v = self.raw(chip)
+        if self.flip_tta:
+            v = v + self.raw(mirror(chip))
+        return unit(v)
+
+    def raw(self, chip: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """dlib's unnormalised (128,) descriptor of one chip, no mirror. Full flip TTA is
+        `unit(raw(chip) + raw(mirror(chip)))`, so a caller that embeds the chip first can add
+        the mirror later, only when it matters (adaptive TTA, edge.vision.track)."""
         c = np.asarray(chip)
         if c.shape != (CHIP_SIZE, CHIP_SIZE, 3) or c.dtype != np.uint8:
             raise DataError(
                 f"embedder needs a ({CHIP_SIZE}, {CHIP_SIZE}, 3) uint8 RGB chip, "
                 f"got {c.shape} {c.dtype}"
             )
-        v = self._raw(c)
-        if self.flip_tta:
-            # The mirror image is the same person: averaging both descriptors cancels some
-            # of the left/right asymmetry of the alignment and the network.
-            v = v + self._raw(np.ascontiguousarray(c[:, ::-1]))
-        n = float(np.linalg.norm(v))
-        if not np.isfinite(n) or n <= 1e-12:
-            raise DataError("embedder produced a zero or non-finite vector (corrupt model?)")
-        return (v / n).astype(np.float32)
+        return self._raw(c)
+
+
+def mirror(chip: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """The chip flipped left-right. The mirror image is the same person: averaging both
+    descriptors cancels some of the left/right asymmetry of the alignment and the network."""
+    return np.asarray(cv2.flip(np.asarray(chip), 1), dtype=np.uint8)  # = chip[:, ::-1]
+
+
+def unit(v: NDArray[np.float32]) -> Embedding:
+    """The L2-normalised float32 vector; DataError for a zero or non-finite one."""
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n <= 1e-12:
+        raise DataError("embedder produced a zero or non-finite vector (corrupt model?)")
+    return (v / n).astype(np.float32)

@@ -57,6 +57,10 @@ class LandmarkModel:
             int(np.prod(d["shape"])): int(d["index"]) for d in self._interp.get_output_details()
         }
         self._mesh, self._presence = outs[NUM_POINTS * 3], outs[1]
+        # Reused every frame: a fresh 432 KB float input per call is a fresh mmap (page faults)
+        # and evicts more of the model's weights from the cache than the warp itself.
+        self._crop = np.empty((INPUT, INPUT, 3), dtype=np.uint8)
+        self._x = np.empty((1, INPUT, INPUT, 3), dtype=np.float32)
 
     def predict(self, image: NDArray[np.uint8], box: FaceBox) -> Landmarks:
         """468 landmarks of the face in `box`: x/y image pixels, z relative depth in pixel scale.
@@ -66,15 +70,21 @@ class LandmarkModel:
         image = check_image(image)
         if not (box.width > 0 and box.height > 0):
             raise DataError(f"face box has no area ({box.width:.1f}x{box.height:.1f} px)")
-        m = roi_transform(box)
-        crop = cv2.warpAffine(
+        return self.predict_roi(image, roi_transform(box))
+
+    def predict_roi(self, image: NDArray[np.uint8], m: NDArray[np.float64]) -> Landmarks:
+        """468 landmarks in the ROI `m` (crop px -> image px, e.g. `roi_transform` of a box
+        carried from the last frame, edge.vision.track) of an (H, W, 3) uint8 RGB frame."""
+        cv2.warpAffine(
             image,
             m,
             (INPUT, INPUT),
+            dst=self._crop,
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_CONSTANT,
         )
-        self._interp.set_tensor(self._in, (crop.astype(np.float32) * (1.0 / 255.0))[None])
+        np.multiply(self._crop, np.float32(1.0 / 255.0), out=self._x[0], casting="unsafe")
+        self._interp.set_tensor(self._in, self._x)
         self._interp.invoke()
         raw = self._interp.get_tensor(self._mesh).reshape(NUM_POINTS, 3).astype(np.float64)
         logit = float(self._interp.get_tensor(self._presence).reshape(-1)[0])

@@ -99,7 +99,7 @@ def crop_for_pad(image_rgb: NDArray[np.uint8], box: FaceBox, scale: float) -> ND
         raise DataError(f"face box {box.x1:.0f},{box.y1:.0f},{box.x2:.0f},{box.y2:.0f} is empty")
     region = image[y1 : y2 + 1, x1 : x2 + 1]
     resized = cv2.resize(region, (CROP, CROP), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8)[:, :, ::-1])
+    return np.asarray(cv2.cvtColor(np.asarray(resized), cv2.COLOR_RGB2BGR), dtype=np.uint8)
 
 
 def crop_problem(
