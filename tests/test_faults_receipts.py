@@ -88,12 +88,14 @@ class Rig:
         wait_subscribed(log, proc, times=seen + 1)
         return proc
 
-    def burst(self, device: str, count: int, *, receipts: bool) -> subprocess.Popen[str]:
+    def burst(
+        self, device: str, count: int, *extra_args: str, receipts: bool
+    ) -> subprocess.Popen[str]:
         extra = ["--backend-public-key", self.backend_public, *RESEND] if receipts else []
         proc = subprocess.Popen(
             [*PUBLISHER, "publish-burst", "--state-dir", str(self.tmp / device), "--broker",
              self.broker.url, "--count", str(count), "--device", device, "--timeout", "60",
-             "--seed", str(SEED), *extra],
+             "--seed", str(SEED), *extra, *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         self.procs.append(proc)
