@@ -177,14 +177,20 @@ class _Board:
                 self.poll()
                 time.sleep(0.002)
 
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self._thread
 
     def close(self) -> None:
+        """Stop listening, then read what is still buffered in the pty (the writer may have
+        written its last frame just before exiting, between two polls of a loaded machine)."""
         if hasattr(self, "_stop"):
             self._stop.set()
-            time.sleep(0.01)
+            self._thread.join(5.0)
+        before = -1
+        while len(self.got) != before:
+            before = len(self.got)
+            self.poll()
         os.close(self.master)
         os.close(self._slave)
 

@@ -6,10 +6,10 @@ budget of DESIGN §7."""
 from __future__ import annotations
 
 import os
-import resource
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import zlib
 from pathlib import Path
@@ -27,33 +27,37 @@ from edge.trust.keys import init_keys
 BUDGET_MB = 250
 
 
-def _cap_address_space() -> None:
-    """In the child: 2 GB of address space, so a regression (reading /dev/zero whole) fails
-    fast with MemoryError instead of eating the machine; the kiosk runs in 1.5 GB."""
-    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+# A small launcher runs the command and reports the command's own peak RSS. Measuring the
+# command as our direct child would not do: a child forked from this test process (hundreds of
+# MB once the suite's models are loaded) inherits that high-water mark until it execs, and
+# Linux folds the pre-exec figure into its ru_maxrss. Forked from the launcher (~10 MB), the
+# command's ru_maxrss is its own. The launcher also caps the address space at 2 GB, so a
+# regression (reading /dev/zero whole) fails fast with MemoryError instead of eating the
+# machine; the kiosk runs in 1.5 GB.
+_LAUNCHER = """
+import os, resource, subprocess, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+proc = subprocess.Popen([sys.executable, "-m", "edge", *sys.argv[2:]])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def _spawn(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run `python -m edge ARGS`, reap it with wait4 and return (result, its peak RSS in MB)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", *args], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_cap_address_space,
-    )  # fmt: skip
-    out: dict[str, bytes] = {}
-    readers = [
-        threading.Thread(target=lambda n=n, s=s: out.__setitem__(n, s.read()))
-        for n, s in (("out", proc.stdout), ("err", proc.stderr))
-    ]
-    for t in readers:
-        t.start()
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (not all children's)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for t in readers:
-        t.join()
-    result = subprocess.CompletedProcess(
-        args, proc.returncode, out["out"].decode(), out["err"].decode()
-    )
-    return result, usage.ru_maxrss / 1024.0
+    """Run `python -m edge ARGS` through the launcher; (result, the command's peak RSS in MB)."""
+    fd, report = tempfile.mkstemp(prefix="fg-rss-")
+    os.close(fd)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, report, *args], env=env, cwd=REPO,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        peak_kb = int(Path(report).read_text() or 0)
+    finally:
+        os.unlink(report)
+    return result, peak_kb / 1024.0
 
 
 @pytest.fixture

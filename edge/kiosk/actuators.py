@@ -28,7 +28,7 @@ class Actuator(Protocol):
 
     def pulse(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, finish_pulse: bool = False) -> None: ...
 
 
 class NoActuator:
@@ -40,7 +40,7 @@ class NoActuator:
     def pulse(self) -> None:
         self.pulses += 1
 
-    def close(self) -> None:
+    def close(self, finish_pulse: bool = False) -> None:
         pass
 
 
@@ -73,7 +73,13 @@ class _Pulser:
         except Exception as exc:  # nothing more we can do than shout: the relay state is unknown
             log.error("actuator: could not de-energise the relay: %s", exc)
 
-    def close(self) -> None:
+    def close(self, finish_pulse: bool = False) -> None:
+        """De-energise and release. With `finish_pulse`, a pulse under way (an accepted person
+        walking through) first runs its course, at most pulse_ms: a stop or the end of the
+        stream must not cut the door short. A crash path closes at once."""
+        timer = self._timer
+        if finish_pulse and timer is not None:
+            timer.join(self._pulse_s + 0.5)
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
@@ -111,8 +117,8 @@ class GpioRelay(_Pulser):
             ) from None
         super().__init__(self.device.on, self.device.off, cfg.pulse_ms)
 
-    def close(self) -> None:
-        super().close()
+    def close(self, finish_pulse: bool = False) -> None:
+        super().close(finish_pulse)
         self.device.close()
 
 
@@ -181,8 +187,8 @@ class SerialRelay(_Pulser):
                 "cable (unplugged?)"
             ) from None
 
-    def close(self) -> None:
-        super().close()
+    def close(self, finish_pulse: bool = False) -> None:
+        super().close(finish_pulse)
         self.port.close()
 
 

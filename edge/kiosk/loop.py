@@ -604,6 +604,7 @@ class Kiosk:
         self._prompt("Please look at the camera", stats)
         last_t = 0.0
         perf = time.perf_counter
+        ended_cleanly = False
         try:
             for frame in self.source:
                 if self.stop_event.is_set():
@@ -630,8 +631,11 @@ class Kiosk:
                 self._decide(active.claim, decision, active.refs, active.vision.last, stats,
                              faces_in_view=0)
             self._report_strangers(stats)
+            ended_cleanly = True
         finally:
-            self.actuator.close()
+            # A stop or the end of the stream lets a door pulse under way run its course (the
+            # accepted person is walking through); an exception closes the relay at once.
+            self.actuator.close(finish_pulse=ended_cleanly)
             stats.elapsed_s = self.clock() - t_start
             self.notifier.stopping()
         return stats
