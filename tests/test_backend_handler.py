@@ -201,3 +201,29 @@ def test_after_the_fuzz_the_same_handler_still_books_a_good_event(
     assert h.handle(topic_for(good.event), good.payload).outcome is Outcome.BOOKED
     h.ledger.close()
     _FUZZ.clear()
+
+
+def test_libsodium_and_openssl_verifiers_agree_on_every_bit_flip() -> None:
+    """The worker verifies with libsodium (devices.Registered.verify); OpenSSL is the
+    fallback: both accept the real signature and refuse any flipped bit of it or the message."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.backend.devices import Registered, _openssl_verify
+
+    key = Ed25519PrivateKey.generate()
+    msg = b'{"device":"d1","seq":1}'
+    sig = key.sign(msg)
+    reg = Registered(key.public_key(), "lab")
+    assert reg.verify(sig, msg) and _openssl_verify(key.public_key(), sig, msg)
+    for i in range(0, len(sig) * 8, 37):
+        bad_sig = bytearray(sig)
+        bad_sig[i // 8] ^= 1 << (i % 8)
+        assert not reg.verify(bytes(bad_sig), msg)
+        assert not _openssl_verify(key.public_key(), bytes(bad_sig), msg)
+    for i in range(len(msg) * 8):
+        bad = bytearray(msg)
+        bad[i // 8] ^= 1 << (i % 8)
+        assert not reg.verify(sig, bytes(bad))
+        assert not _openssl_verify(key.public_key(), sig, bytes(bad))
+    other = Ed25519PrivateKey.generate().public_key()
+    assert not Registered(other, "lab").verify(sig, msg)

@@ -210,3 +210,7 @@ def test_bench_command_reports_figures_for_events_booked_exactly_once(
     lat = result["latency_ms"]
     assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert result["events_per_s"] > 0
+    # CPU figures: the private broker's share is measured, and the CPU-bound rate follows
+    cpu_us = result["worker_cpu_us_per_event"] + result["broker_cpu_us_per_event"]
+    assert result["worker_cpu_us_per_event"] > 0 and result["broker_cpu_us_per_event"] >= 0
+    assert result["cpu_bound_events_per_s"] == round(result["cpus"] * 1e6 / max(1.0, cpu_us))

@@ -86,6 +86,17 @@ def _wait(pred: Any, timeout_s: float, what: str, every_s: float = 0.05) -> None
     raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def _proc_cpu_s(proc: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU seconds of a child process so far (Linux /proc; 0.0 elsewhere)."""
+    if proc is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(sorted_ms: list[float], q: float) -> float:
     i = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
     return round(sorted_ms[i], 2)
@@ -169,6 +180,7 @@ def run_bench(
             if pp.returncode != 0:
                 raise BenchError(f"publisher failed: {err.strip()[-300:]} (logs: {tmp})")
             pub_results.append(json.loads(out.strip().splitlines()[-1]))
+        broker_cpu0 = _proc_cpu_s(broker_proc)  # backend_only: the drain starts now
         if backend_only:
             start_workers(2)
         marks = ",".join("?" * n_devices)
@@ -179,6 +191,7 @@ def run_bench(
                 return int(led.query(q, devices)[0][0])
 
         _wait(lambda: booked_count() >= n_events, timeout_s, f"{n_events} bookings", 0.25)
+        broker_cpu_s = _proc_cpu_s(broker_proc) - broker_cpu0
         time.sleep(0.3)  # a late redelivery would show up as a duplicate count, never a row
         with Ledger(db) as led:
             booked = led.query(
@@ -236,6 +249,12 @@ def run_bench(
         "worker_cpu_us_per_event": round(
             sum(float(d.get("cpu_s", 0.0)) for d in drains) / n_events * 1e6, 1
         ),
+        # the private broker's CPU from the workers' start to the last booking (backend_only:
+        # the drain alone), and what 2 free cores would allow if worker + broker CPU were the
+        # whole cost (PostgreSQL's server CPU is not counted)
+        "broker_cpu_us_per_event": (
+            round(broker_cpu_s / n_events * 1e6, 1) if broker_proc is not None else None
+        ),
         "booked": len(set(keys)),
         "duplicates_booked": len(keys) - len(set(keys)),
         "lost": lost,
@@ -244,5 +263,7 @@ def run_bench(
         "loadavg_1m_before": round(load_before, 2),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
+    per_event_us = result["worker_cpu_us_per_event"] + (result["broker_cpu_us_per_event"] or 0)
+    result["cpu_bound_events_per_s"] = round((os.cpu_count() or 1) * 1e6 / max(1.0, per_event_us))
     shutil.rmtree(tmp, ignore_errors=True)  # kept (with logs) only when the run failed
     return result

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.backend.ledger import Ledger
@@ -40,6 +42,41 @@ class Registered:
 
     public_key: Ed25519PublicKey
     site: str  # "" = not bound yet (registered by an older version): its events are refused
+    # verify(signature, message) -> bool; libsodium's when PyNaCl is installed (the backend
+    # extra): ~2x faster than OpenSSL's and as strict (it also refuses small-order keys)
+    verify: Callable[[bytes, bytes], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verify", _verifier(self.public_key))
+
+
+def _verifier(public_key: Ed25519PublicKey) -> Callable[[bytes, bytes], bool]:
+    try:
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
+    except ImportError:  # pragma: no cover - the backend extra installs PyNaCl
+        return lambda sig, msg: _openssl_verify(public_key, sig, msg)
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key = VerifyKey(raw)
+
+    def verify(sig: bytes, msg: bytes) -> bool:
+        try:
+            key.verify(msg, sig)
+        except BadSignatureError:
+            return False
+        return True
+
+    return verify
+
+
+def _openssl_verify(public_key: Ed25519PublicKey, sig: bytes, msg: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public_key.verify(sig, msg)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:

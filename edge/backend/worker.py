@@ -25,6 +25,7 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -104,10 +105,9 @@ class EventHandler:
         registered = self.keys.lookup(str(event["device"]))
         if registered is None:
             return Checked(None, "unknown_device", key)
-        try:
-            events.check_signature(parsed, registered.public_key)
-        except EventError as exc:
-            return Checked(None, _REASONS.get(exc.reason, exc.reason), key)
+        # parse_signed checked `sig` is 128 hex digits; the signed bytes were cut from payload
+        if not registered.verify(bytes.fromhex(event["sig"]), parsed.signed_bytes):
+            return Checked(None, "bad_signature", key)
         if (event["site"], event["device"], event["type"]) != (site, device, type_):
             return Checked(None, "topic_mismatch", key)
         if not registered.site:
@@ -160,6 +160,62 @@ class EventHandler:
 
 
 # ---------------------------------------------------------------------------- MQTT side
+
+_RX_CHUNK = 65536  # bytes asked of the socket per recv (paho asks 1, 1-4, then the body)
+_PUBACK = 0x40
+
+
+class DrainClient(mqtt.Client):
+    """paho's client with the two costs of draining a deep queue cut (issue 15).
+
+    paho reads a packet with three or four `recv` calls (command byte, each length byte, body)
+    and one `select` per packet; a worker draining its session receives thousands of ~500-byte
+    PUBLISHes back to back. Here one `recv` takes up to `_RX_CHUNK` bytes and, after one select,
+    every packet already buffered is handled. `ack_batch` queues a batch's PUBACKs as ONE
+    write (paho's `ack` makes a wake-up syscall and a `send` for each 4-byte PUBACK).
+    Both lean on paho 2.x internals (`_sock_recv`, `_sock_close`, `_packet_queue`, `_sock`);
+    tests/test_backend_*.py drain real brokers through them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rx, self._rx_pos = b"", 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rx_pos >= len(self._rx):
+            data = super()._sock_recv(_RX_CHUNK)  # BlockingIOError etc. propagate as in paho
+            if len(data) <= bufsize:
+                return data  # b"" = closed by the broker
+            self._rx, self._rx_pos = data, 0
+        start = self._rx_pos
+        self._rx_pos = min(start + bufsize, len(self._rx))
+        return self._rx[start : self._rx_pos]
+
+    def _sock_close(self) -> None:
+        self._rx, self._rx_pos = b"", 0  # a reconnect starts on a fresh byte stream
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        # select() cannot see bytes already in our buffer: handle them before selecting again
+        ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+        while rc == ok and self._sock is not None and self._rx_pos < len(self._rx):
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def ack_batch(self, acks: Sequence[tuple[int, int]]) -> None:
+        """Acknowledge (mid, qos) deliveries in this order: QoS 1 PUBACKs in one write."""
+        packet = bytearray()
+        for mid, qos in acks:
+            if qos == 1:
+                packet += struct.pack("!BBH", _PUBACK, 2, mid)
+            elif qos == 2:  # never granted by our QoS 1 subscription; paho's own path
+                if packet:
+                    self._packet_queue(_PUBACK, bytes(packet), 0, 0)
+                    packet = bytearray()
+                self.ack(mid, qos)
+        if packet:
+            self._packet_queue(_PUBACK, bytes(packet), 0, 0)
 
 
 @dataclass(frozen=True)
@@ -226,9 +282,9 @@ class Worker:
     def topic_filter(self) -> str:
         return f"$share/{self.options.group}/{EVENT_FILTER}"
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> DrainClient:
         o = self.options
-        c = mqtt.Client(
+        c = DrainClient(
             CallbackAPIVersion.VERSION2, client_id=o.client_id,
             protocol=mqtt.MQTTv5, manual_ack=True,
         )  # fmt: skip
@@ -364,8 +420,8 @@ class Worker:
         devices go here, from `settled_seqs(batch, verdicts)` ((site, device) -> seqs now in the
         ledger). PUBACKs go out in the order the PUBLISHes came (MQTT 4.6).
         """
-        for p, verdict in zip(batch, verdicts, strict=True):
-            self.client.ack(p.mid, p.qos)
+        self.client.ack_batch([(p.mid, p.qos) for p in batch])
+        for verdict in verdicts:
             self.counts[verdict.reason or verdict.outcome.value] += 1
         now = time.monotonic()
         self.latencies_ms.extend((now - p.received) * 1000.0 for p in batch)

@@ -73,7 +73,15 @@ def _same_in_stdlib(value: Any) -> bool:
         return math.isfinite(value) and not value.is_integer() and "e" not in repr(value)
     if kind is dict:
         for k, v in value.items():
-            if type(k) is not str or not k.isascii() or not _same_in_stdlib(v):
+            if type(k) is not str or not k.isascii():
+                return False
+            vk = type(v)
+            if vk is str or vk is bool or v is None:
+                continue  # the common leaves, without a call each
+            if vk is int:
+                if not -_SAFE_INT <= v <= _SAFE_INT:
+                    return False
+            elif not _same_in_stdlib(v):
                 return False
         return True
     if kind is list:

@@ -151,10 +151,29 @@ def _biometric_key(key: str) -> bool:
 
 
 def check_no_biometrics(value: Any, path: str = "event") -> None:
-    """Refuse anything that could carry a face: image/embedding-like keys, number arrays, blobs."""
+    """Refuse anything that could carry a face: image/embedding-like keys, number arrays, blobs.
+
+    Runs on every event the backend receives: a nested path is only spelled out for an error.
+    """
     kind = type(value)
     if kind is int or kind is float or kind is bool or value is None:
         return  # a plain number cannot carry a face (a list of them could: lists are refused)
+    if kind is dict:  # the common case (parsed JSON): no ABC check, no per-field path string
+        for k, v in value.items():
+            if type(k) is str and _biometric_key(k):
+                raise EventError("biometric", f"{path}.{k}: field name suggests biometric data")
+            vk = type(v)
+            if vk is int or vk is float or vk is bool or v is None:
+                continue
+            if (
+                vk is str
+                and len(v) <= MAX_STR
+                and not v.startswith(_IMAGE_MAGIC)
+                and (len(v) < 80 or not _BLOB.search(v))
+            ):
+                continue
+            check_no_biometrics(v, f"{path}.{k}")
+        return
     if isinstance(value, (bytes, bytearray, memoryview)) or hasattr(value, "__array__"):
         raise EventError("biometric", f"{path}: binary or array data is never allowed in an event")
     if isinstance(value, Mapping):
@@ -173,7 +192,7 @@ def check_no_biometrics(value: Any, path: str = "event") -> None:
 
 def validate(event: Mapping[str, Any]) -> None:
     """Check an event body (without `sig`) against the envelope and its type's schema."""
-    body = {k: v for k, v in event.items() if k != "sig"}
+    body = event if "sig" not in event else {k: v for k, v in event.items() if k != "sig"}
     check_no_biometrics(body)
     for name, ok in ENVELOPE.items():
         if name not in body:
