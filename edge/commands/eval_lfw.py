@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,17 +33,22 @@ from edge.vision.pipeline import VisionPipeline
 from edge.vision.types import Embedding
 
 
+def _centre_landmarks(pipe: VisionPipeline, img: NDArray[np.uint8]) -> Any | None:
+    """LFW centres the labelled person: of several faces, the landmarks of the one nearest the
+    centre (None when no face has landmarks)."""
+    faces = [o for o in pipe.observe(img) if o.landmarks is not None]
+    if not faces:
+        return None
+    cx, cy = img.shape[1] / 2, img.shape[0] / 2
+    obs = min(faces, key=lambda o: (o.box.x1 + o.box.x2 - 2 * cx) ** 2
+              + (o.box.y1 + o.box.y2 - 2 * cy) ** 2)  # fmt: skip
+    return obs.landmarks
+
+
 def _embed_fn(pipe: VisionPipeline) -> ev.EmbedFn:
     def embed(img: NDArray[np.uint8]) -> Embedding | None:
-        faces = [o for o in pipe.observe(img) if o.landmarks is not None]
-        if not faces:
-            return None
-        # LFW centres the labelled person: of several faces, take the one nearest the centre.
-        cx, cy = img.shape[1] / 2, img.shape[0] / 2
-        obs = min(faces, key=lambda o: (o.box.x1 + o.box.x2 - 2 * cx) ** 2
-                  + (o.box.y1 + o.box.y2 - 2 * cy) ** 2)
-        assert obs.landmarks is not None
-        return pipe.embed(img, obs.landmarks)
+        landmarks = _centre_landmarks(pipe, img)
+        return None if landmarks is None else pipe.embed(img, landmarks)
 
     return embed
 
@@ -54,14 +60,10 @@ def _embed_both_fn(
     id of the full one (both from the same chip: the mirror is the only difference)."""
 
     def embed(img: NDArray[np.uint8]) -> Embedding | None:
-        faces = [o for o in pipe.observe(img) if o.landmarks is not None]
-        if not faces:
+        landmarks = _centre_landmarks(pipe, img)
+        if landmarks is None:
             return None
-        cx, cy = img.shape[1] / 2, img.shape[0] / 2
-        obs = min(faces, key=lambda o: (o.box.x1 + o.box.x2 - 2 * cx) ** 2
-                  + (o.box.y1 + o.box.y2 - 2 * cy) ** 2)
-        assert obs.landmarks is not None
-        chip = align_chip(img, five_points(obs.landmarks))
+        chip = align_chip(img, five_points(landmarks))
         first = embedder.raw(chip)
         full = unit(first + embedder.raw(mirror(chip)))
         single[id(full)] = unit(first)

@@ -120,12 +120,7 @@ def embed_images(
 
 def pair_scores(pairs: list[Pair], emb: dict[str, Embedding | None]) -> NDArray[np.float64]:
     """Cosine similarity per pair; NaN where an image had no face."""
-    s = np.full(len(pairs), np.nan)
-    for i, p in enumerate(pairs):
-        ea, eb = emb.get(p.a), emb.get(p.b)
-        if ea is not None and eb is not None:
-            s[i] = float(np.dot(ea, eb))
-    return s
+    return template_probe_scores(pairs, emb, emb)
 
 
 def template_probe_scores(
