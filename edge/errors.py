@@ -13,6 +13,15 @@ class FacegateError(Exception):
         return f"{self.prefix}: {self.args[0] if self.args else ''}"
 
 
+class RefusedError(FacegateError):
+    """Refused input with a fixed `reason` word, which callers count and audit (never the
+    input itself); the message says what was wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ConfigError(FacegateError):
     """Invalid configuration; the message names the key path, the bad value and what is allowed."""
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.errors import FacegateError
+from edge.errors import RefusedError
 from edge.trust import contexts
 
 COMMAND_TYPES = ("templates.sync", "templates.revoke", "config.reload", "wipe")
@@ -29,15 +29,11 @@ MAX_FUTURE_S = 300.0  # tolerated clock skew between backend and kiosk
 
 
 
-class CommandError(FacegateError):
+class CommandError(RefusedError):
     """A refused downlink command; `reason` is one of: too_large, malformed, unsigned, signature,
     wrong_device, unknown_type, stale, replay."""
 
     prefix = "command refused"
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

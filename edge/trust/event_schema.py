@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge.errors import FacegateError
+from edge.errors import RefusedError
 from edge.ids import is_valid_id
 
 VERSION = 1
@@ -36,17 +36,13 @@ _BLOB = re.compile(r"[A-Za-z0-9+/_=-]{80,}")
 _IMAGE_MAGIC = ("data:", "/9j/", "iVBORw0KGgo", "UklGR", "R0lGOD")  # data URI, JPEG, PNG, WEBP, GIF
 
 
-class EventError(FacegateError):
+class EventError(RefusedError):
     """An event that cannot be built or accepted; `reason` is a short code the backend counts.
 
     Reasons: too_large, json, non_canonical, schema, biometric, signature.
     """
 
     prefix = "event error"
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 Check = Callable[[Any], bool]

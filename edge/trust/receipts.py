@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.errors import FacegateError
+from edge.errors import RefusedError
 from edge.ids import is_valid_id
 from edge.trust import contexts
 
@@ -31,14 +31,10 @@ MAX_LEDGER_ID = 128
 REASONS = ("too_large", "malformed", "unsigned", "signature", "wrong_device")
 
 
-class ReceiptError(FacegateError):
+class ReceiptError(RefusedError):
     """A refused receipt; `reason` is one of REASONS."""
 
     prefix = "receipt refused"
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
