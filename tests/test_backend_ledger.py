@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
 
@@ -140,3 +141,42 @@ def test_unreachable_postgres_and_missing_directory_are_one_line_errors(tmp_path
         Ledger("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(LedgerError, match="does not exist"):
         Ledger(tmp_path / "missing" / "l.db")
+
+
+def _fault(device: str, seq: int, accept_seq: object, reason: str = "timeout") -> Booking:
+    payload = json.dumps({"type": "actuator.fault", "accept_seq": accept_seq, "reason": reason,
+                          "actuator": "serial", "device": device, "seq": seq})
+    return Booking(
+        device=device, seq=seq, site="s1", type="actuator.fault", ts=1_700_000_000.0 + seq,
+        content_hash=hashlib.sha256(payload.encode()).hexdigest(), payload=payload,
+    )  # fmt: skip
+
+
+def test_an_actuator_fault_voids_its_accept_and_takes_its_amount_out_of_the_totals(
+    ledger_target: str,
+) -> None:
+    """A fare charged whose gate then failed to open is voided once, by its own device only."""
+    with Ledger(ledger_target) as led:
+        led.book(_booking("k1", 1, "p1", 250))
+        led.book(_booking("k1", 2, "p2", 300))
+        led.book(_booking("k2", 1, "q1", 400))
+        assert led.book(_fault("k1", 3, 2)) is Outcome.BOOKED
+        assert led.book(_fault("k1", 3, 2)) is Outcome.DUPLICATE  # redelivered: voided once
+        led.book(_fault("k1", 4, 2, "error"))  # a second fault for it: the first one stands
+        led.book(_fault("k1", 5, 9))  # names a later seq: not an earlier event, ignored
+        led.book(_fault("k2", 2, "x"))  # malformed: booked for audit, voids nothing
+        t = led.totals()
+    assert t["amount_per_currency"] == {"EUR": 250 + 400}
+    assert t["voided"] == [{
+        "device": "k1", "seq": 2, "fault_seq": 3, "reason": "timeout",
+        "type": "payment.authorize", "amount": 300, "currency": "EUR",
+    }]  # fmt: skip
+    assert t["events"] == 3 + 4  # every event stays booked: the ledger is the audit trail
+
+
+def test_a_fault_booked_before_its_accept_still_voids_it(ledger_target: str) -> None:
+    with Ledger(ledger_target) as led:
+        led.settle([_fault("k1", 8, 7), _booking("k1", 7, "late", 120)])
+        t = led.totals()
+    assert t["amount_per_currency"] == {}
+    assert [(v["seq"], v["amount"]) for v in t["voided"]] == [(7, 120)]

@@ -201,6 +201,12 @@ def _print_totals(t: dict[str, Any]) -> None:
         print("refused (not booked):")
         for reason, n in t["rejections"].items():
             print(f"  {reason:<18} {n:>9}")
+    if t["voided"]:
+        print("voided (the relay failed after the accept; amount left out of the totals):")
+        for v in t["voided"]:
+            money = f"{v['currency']} {v['amount']}" if v["amount"] is not None else "-"
+            print(f"  {v['device']}:{v['seq']:<10} {v['type'] or '(not booked yet)':<18} "
+                  f"{money:<16} {v['reason']} (fault {v['fault_seq']})")
     print(f"replay alerts: {t['alerts']}")
 
 

@@ -20,6 +20,7 @@ SQL is written once with `?` placeholders and the ANSI `ON CONFLICT` clauses bot
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -36,6 +37,7 @@ from edge.errors import FacegateError
 from edge.trust.private_db import open_private_db
 
 log = logging.getLogger("facegate.backend")
+FAULT_TYPE = "actuator.fault"  # names an accept whose relay failed: the accept is voided
 T = TypeVar("T")
 
 
@@ -103,6 +105,14 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rejections (
         reason TEXT PRIMARY KEY,
         count BIGINT NOT NULL)""",
+    # An accept whose relay then failed (the device's signed `actuator.fault` names it): the
+    # rider was charged but not let through, so its amount leaves the totals (`totals`).
+    """CREATE TABLE IF NOT EXISTS voids (
+        device TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        fault_seq BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (device, seq))""",
     """CREATE TABLE IF NOT EXISTS devices (
         name TEXT PRIMARY KEY,
         public_key TEXT NOT NULL,
@@ -352,6 +362,9 @@ class Ledger:
                     counts["replay"] += 1
                     alerts.append((b.device, b.seq, booked_at, have, b.content_hash, b.payload))
                     out.append((Outcome.REPLAY, ""))
+            for b in ordered:
+                if b.type == FAULT_TYPE and (b.device, b.seq) in inserted:
+                    self._void(conn, b)
             for row in alerts:
                 self.execute(
                     conn,
@@ -363,6 +376,29 @@ class Ledger:
                 if counts[reason]:
                     self.execute(conn, _COUNT, (reason, counts[reason]))
         return out
+
+    def _void(self, conn: Any, fault: Booking) -> None:
+        """Record the accept an `actuator.fault` names as voided (once; the first fault wins).
+        Only an earlier event of the same device can be named: the fault is signed by the
+        device, and a device cannot void another device's bookings."""
+        try:
+            body = json.loads(fault.payload)
+            accept_seq, reason = int(body["accept_seq"]), str(body["reason"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ledger: actuator.fault %s:%d names no accept", fault.device, fault.seq)
+            return
+        if not 0 < accept_seq < fault.seq:
+            log.warning(
+                "ledger: actuator.fault %s:%d names seq %d, not an earlier event",
+                fault.device, fault.seq, accept_seq,
+            )  # fmt: skip
+            return
+        self.execute(
+            conn,
+            "INSERT INTO voids(device, seq, fault_seq, reason) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (fault.device, accept_seq, fault.seq, reason),
+        )
 
     def _insert_pg(
         self, conn: Any, rows: Sequence[Booking], booked_at: float
@@ -437,8 +473,20 @@ class Ledger:
         """booked_at - ts of every booked event (seconds; device and backend clocks)."""
         return [float(r[0]) for r in self.query("SELECT booked_at - ts FROM events")]
 
+    def voided(self) -> list[dict[str, Any]]:
+        """Accepts voided by an `actuator.fault` of their device, with what they carried (an
+        accept not booked yet shows with type None until it arrives)."""
+        rows = self.query(
+            "SELECT v.device, v.seq, v.fault_seq, v.reason, e.type, e.amount, e.currency"
+            " FROM voids v LEFT JOIN events e ON e.device = v.device AND e.seq = v.seq"
+            " ORDER BY v.device, v.seq"
+        )
+        keys = ("device", "seq", "fault_seq", "reason", "type", "amount", "currency")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     def totals(self) -> dict[str, Any]:
-        """Counts per type and device, amounts per type/device/currency, rejections, alerts."""
+        """Counts per type and device, amounts per type/device/currency (voided accepts left
+        out, listed under `voided`), rejections, alerts."""
         by_type_device = [
             {"type": t, "device": d, "count": int(n)}
             for t, d, n in self.query(
@@ -449,8 +497,10 @@ class Ledger:
         amounts = [
             {"type": t, "device": d, "currency": c, "count": int(n), "amount": int(a)}
             for t, d, c, n, a in self.query(
-                "SELECT type, device, currency, COUNT(*), SUM(amount) FROM events"
-                " WHERE amount IS NOT NULL GROUP BY type, device, currency"
+                "SELECT type, device, currency, COUNT(*), SUM(amount) FROM events e"
+                " WHERE amount IS NOT NULL AND NOT EXISTS (SELECT 1 FROM voids v"
+                " WHERE v.device = e.device AND v.seq = e.seq)"
+                " GROUP BY type, device, currency"
                 " ORDER BY type, device, currency"
             )
         ]
@@ -464,4 +514,5 @@ class Ledger:
             "amount_per_currency": dict(sorted(per_currency.items())),
             "rejections": dict(sorted(self.rejection_counts().items())),
             "alerts": len(self.alerts()),
+            "voided": self.voided(),
         }
