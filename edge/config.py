@@ -153,7 +153,7 @@ class LivenessConfig:
     pad: bool = _f(True)
     pad_threshold: float = _f(0.3, lo=0.15, hi=0.9, why=_PAD_WHY)
     pad_min_crops: int = _f(3, lo=1, hi=30)
-    pad_every_s: float = _f(0.1, lo=0.0, hi=2.0)  # spacing of the scored crops in a session
+    pad_every_s: float = _f(0.2, lo=0.0, hi=2.0)  # spacing of the scored crops in a session
     # The no-blink path watches the face at least this long before deciding, and calls it
     # static when no landmark moves non-rigidly by `passive_motion_px` (per 100 px between the
     # eyes) in that time: a frozen frame scores exactly 0, live sessions >= 0.44 in 0.6 s.

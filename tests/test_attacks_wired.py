@@ -62,9 +62,10 @@ def _attacks() -> list[tuple[str, str]]:
         return [(r["file"], r["presentation"]) for r in csv.DictReader(fh)]
 
 
-def _presentation(name: str, kind: str) -> Iterator[np.ndarray]:
+def _presentation(name: str, kind: str, handheld: bool = True) -> Iterator[np.ndarray]:
     """The attack's frames as the camera sees them (BGR), at their own size: a replay video's
-    frames, or a still held up by hand (the same presentation `eval liveness` uses)."""
+    frames, or a still held up by hand (the same presentation `eval liveness` uses), or with
+    `handheld=False` the same still in every frame (a frozen frame)."""
     path = require_data(f"liveness/{name}")
     if kind == "video":
         cap = cv2.VideoCapture(str(path))
@@ -76,11 +77,11 @@ def _presentation(name: str, kind: str) -> Iterator[np.ndarray]:
         cap.release()
         return
     image = read_image(path, name)
-    for frame in still_frames(image, STILL_S, FPS, random.Random(name), handheld=True):
+    for frame in still_frames(image, STILL_S, FPS, random.Random(name), handheld=handheld):
         yield np.ascontiguousarray(frame.image[:, :, ::-1])
 
 
-def _write(path: Path, clips: list[tuple[str, str]]) -> Path:
+def _write(path: Path, clips: list[tuple[str, str]], handheld: bool = True) -> Path:
     """A folder of numbered frames (`file:<dir>` replays it in order): every presentation keeps
     its own frame size, as in `eval liveness`, with an empty scene between presentations."""
     path.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ def _write(path: Path, clips: list[tuple[str, str]]) -> Path:
         k += 1
 
     for name, kind in clips:
-        for frame in _presentation(name, kind):
+        for frame in _presentation(name, kind, handheld):
             put(frame)
         for _ in range(int(GAP_S * FPS)):
             put(blank)
@@ -117,6 +118,9 @@ def kiosk(tmp_path_factory: pytest.TempPathFactory, portrait_enrol: Path) -> dic
         "state": state,
         "seen": _write(root / "seen", [a for a in attacks if a[0] not in PAD_BLIND]),
         "blind": _write(root / "blind", [a for a in attacks if a[0] in PAD_BLIND]),
+        "frozen": _write(
+            root / "frozen", [a for a in attacks if a[0] in PAD_BLIND], handheld=False
+        ),
     }
 
 
@@ -181,6 +185,17 @@ def test_attacks_the_passive_model_cannot_see_are_rejected_through_facegate_run(
     assert decisions and all(d["decision"] == "reject" for d in decisions), decisions
     missed = [(d["decision"], d["reason"]) for d in decisions if not _caught_by_liveness(d)]
     assert missed == [], missed
+
+
+@pytest.mark.parametrize("profile", ["fare_gate", "bakery_below_stepup"])
+def test_frozen_frames_of_stills_the_passive_model_cannot_see_are_static_without_a_blink(
+    kiosk: dict[str, Path], profile: str
+) -> None:
+    """The no-blink path's motion rule on a frozen frame, through the tracker the kiosk runs."""
+    decisions = _run(kiosk, profile, kiosk["frozen"])
+    n = len([a for a in _attacks() if a[0] in PAD_BLIND])
+    assert len(decisions) >= n, decisions  # one session per still at least
+    assert all((d["decision"], d["reason"]) == ("reject", "static") for d in decisions), decisions
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from edge.errors import DataError
 from edge.liveness.blink import Blink
 from edge.measure.eval_liveness import Annotation, read_data, score_blinks, seeded, still_frames
+from edge.measure.liveness_data import false_alarms
 
 
 def make_folder(root: Path, videos: str, blinks: str, attacks: str) -> Path:
@@ -76,6 +77,9 @@ def test_scoring_allows_two_frames_and_ignores_ambiguous_rows() -> None:
     score = score_blinks([blink(15, 16), blink(71, 72), blink(100, 102)], anns)
     # 15 is within 2 frames of 13: a hit. 71 lies on an ambiguous row: neutral. 100: false.
     assert (score.annotated, score.found, score.detected, score.correct) == (2, 1, 2, 1)
+    # The one false alarm is named (the eval's `blink_false_alarms`), the others are not.
+    alarms = false_alarms([blink(15, 16), blink(71, 72), blink(100, 102)], anns)
+    assert [(b.start_index, b.end_index) for b in alarms] == [(100, 102)]
 
 
 def test_a_detection_three_frames_away_is_not_a_hit() -> None:

@@ -231,11 +231,26 @@ def test_motion_monitor_flags_frozen_landmarks_after_the_window() -> None:
     assert mon.is_static(60 / 30)
 
 
+def test_motion_monitor_reads_the_trackers_two_alternating_configurations_as_static() -> None:
+    """Detection and carried ROIs in turn give a frozen face two configurations: not motion."""
+    mon = MotionMonitor(window_s=0.6, threshold=0.1, settle_frames=2)
+    a, b = face_points(0.3, 0.3), face_points(0.2, 0.3)
+    for k in range(19):
+        mon.update(k / 30, a if k % 2 == 0 else b)
+    assert mon.is_static(18 / 30)
+    mon.update(19 / 30, face_points(0.3, 0.15))  # a third: the other lid moved
+    assert not mon.is_static(19 / 30) and not mon.is_static(19 / 30 + 0.59)
+    assert mon.is_static(19 / 30 + 0.6)
+
+
 def test_motion_monitor_keeps_a_moving_face_live() -> None:
     mon = MotionMonitor(window_s=2.0, threshold=0.35)
-    for k in range(90):
-        ear = 0.15 if k % 20 == 0 else 0.3  # a blink every 0.67 s
-        mon.update(k / 30, face_points(ear, ear))
+    rng = np.random.default_rng(3)
+    for k in range(90):  # a blink every 0.67 s, and the face never quite still
+        ear = 0.15 if k % 20 == 0 else 0.3
+        pts = face_points(ear, ear)
+        pts[:, :2] += rng.normal(0.0, 0.4, (len(pts), 2))
+        mon.update(k / 30, pts)
     assert not mon.is_static(89 / 30)
 
 

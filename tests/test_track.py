@@ -166,3 +166,26 @@ def test_the_mirror_is_embedded_only_when_the_score_is_near_the_threshold(
     assert session.mirrored is mirrored
     assert (vision.refined > 0) is mirrored
     assert decision.score == pytest.approx(refined if mirrored else first, abs=1e-5)
+
+
+@pytest.mark.parametrize("every", [1, N, 5])
+def test_a_frozen_frame_is_static_on_the_no_blink_path_whatever_the_detect_interval(
+    pipeline: VisionPipeline, every: int
+) -> None:
+    """The tracker alternates detection and carried ROIs, so on a frozen frame FaceMesh returns
+    two configurations in turn; the motion rule must still call it static (it once read the
+    alternation as motion and let frozen photos through the fare gate's path)."""
+    from dataclasses import replace
+
+    from edge.measure.eval_liveness import Analyser, run_session, still_frames
+
+    image = next(frames(require_data(VIDEO), 1))
+    cfg = replace(  # no PAD model loaded here
+        CFG,
+        liveness=replace(CFG.liveness, pad=False),
+        vision=replace(CFG.vision, detect_every=every),
+    )
+    still = still_frames(image, 2.0, 30.0, random.Random(0), handheld=False)
+    records = Analyser(FaceTracker(pipeline, every)).run(still, embed=False)
+    run = run_session(records, cfg, random.Random(1), challenge="never")
+    assert (run.decision.accepted, run.decision.reason) == (False, "static")

@@ -1,6 +1,7 @@
 """`facegate eval liveness --data DIR [--challenge always|never] [--json OUT] [--plot PNG]`.
 
-Prints the JSON of DESIGN.md section 4 plus diagnostics: `blinks_found`, `open_eye_sessions` /
+Prints the JSON of DESIGN.md section 4 plus diagnostics: `blinks_found`, `blink_false_alarms`
+(video and frames of each blink found where none is annotated), `open_eye_sessions` /
 `open_eye_accepted` (live people who do not blink: must not pass), `blink_replay_sessions` /
 `blink_replay_accepted` (the blink videos replayed with randomly timed prompts), rejection
 `reasons`, `identity_check` (embedder loaded). Exit 1 when a target of the liveness issue is

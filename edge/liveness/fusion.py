@@ -14,6 +14,16 @@ from collections.abc import Iterable
 
 import numpy as np
 
+# Frame times come from the camera's clock: 6 frames at 30 fps can sum to 0.19999 s. A crop is
+# due when the spacing is reached within this slack, so `pad_every_s` = 0.2 means every 6th
+# frame at 30 fps, not every 7th.
+PAD_SLACK_S = 0.005
+
+
+def pad_due(t: float, last_t: float, every_s: float) -> bool:
+    """True when a crop at frame time `t` (s) keeps `every_s` from the last one at `last_t`."""
+    return t - last_t >= every_s - PAD_SLACK_S
+
 
 def fuse_passive(scores: Iterable[float]) -> float | None:
     """One passive score for a session from per-crop scores in [0, 1] (the median); None when

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 
 from edge.config import Config
 from edge.errors import DataError
+from edge.liveness.fusion import pad_due
 from edge.vision.detect import FaceDetector
 from edge.vision.landmarks import LandmarkModel
 from edge.vision.models import DETECTOR, EMBEDDER, LANDMARKER, model_path
@@ -267,7 +268,8 @@ def run_bench(
             assert marks is not None
             if st.liveness is not None:
                 timed("liveness", st.liveness, marks.points, t_s, index)
-            if st.pad is not None and (warming or t_s - pad_last_t >= cfg.liveness.pad_every_s):
+            pad_every = cfg.liveness.pad_every_s
+            if st.pad is not None and (warming or pad_due(t_s, pad_last_t, pad_every)):
                 timed("pad", st.pad, image, face)
                 pad_last_t = t_s
             if st.align is not None and (warming or with_face % embed_every == 0):

@@ -12,7 +12,7 @@ import hashlib
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from edge.measure.liveness_data import AttackEntry as AttackEntry
 from edge.measure.liveness_data import BlinkScore as BlinkScore
 from edge.measure.liveness_data import LivenessData as LivenessData
 from edge.measure.liveness_data import VideoEntry as VideoEntry
+from edge.measure.liveness_data import false_alarms
 from edge.measure.liveness_data import read_data as read_data
 from edge.measure.liveness_data import score_blinks as score_blinks
 from edge.session.decision import Decision
@@ -331,6 +332,7 @@ class _Tally:
     open_sessions: list[Decision]
     replayed: list[Decision]
     pad_by_file: dict[str, tuple[str, float | None]]  # name -> (kind, median score)
+    false_alarms: list[str] = field(default_factory=list)  # blinks where none is annotated
 
 
 def evaluate(
@@ -354,7 +356,12 @@ def evaluate(
         if v.kind != "attack_replay":
             tally.pad_by_file[v.name] = (v.kind, passive_median(records))
         if v.kind in LIVE_KINDS:
-            s = score_blinks(video_blinks(records, cfg), v.annotations)
+            blinks = video_blinks(records, cfg)
+            s = score_blinks(blinks, v.annotations)
+            tally.false_alarms += [
+                f"{v.name}: frames {b.start_index}-{b.end_index}"
+                for b in false_alarms(blinks, v.annotations)
+            ]
             score = BlinkScore(*(a + b for a, b in zip(_astuple(score), _astuple(s), strict=True)))
         if v.kind not in live_kinds:
             continue
@@ -459,6 +466,7 @@ def _result(
         "blinks_found": score.found,
         "blink_recall": _ratio(score.found, score.annotated),
         "blink_precision": _ratio(score.correct, score.detected),
+        "blink_false_alarms": tally.false_alarms,
         "attacks": len(tally.attacks),
         "attacks_accepted": sum(1 for _, d in tally.attacks if d.accepted),
         "apcer": _ratio(sum(1 for _, d in tally.attacks if d.accepted), len(tally.attacks)),

@@ -99,6 +99,17 @@ class BlinkScore:
     correct: int  # detections matching an annotated blink
 
 
+def false_alarms(blinks: Sequence[Blink], annotations: Sequence[Annotation]) -> list[Blink]:
+    """The detections `score_blinks` counts as false alarms: near no annotated row."""
+    tol = TOLERANCE_FRAMES
+    return [
+        b
+        for b in blinks
+        if not any(b.start_index <= a.end + tol and b.end_index >= a.start - tol
+                   for a in annotations)
+    ]  # fmt: skip
+
+
 def score_blinks(blinks: Sequence[Blink], annotations: Sequence[Annotation]) -> BlinkScore:
     """Match detections to annotated blinks (+-TOLERANCE_FRAMES); ambiguous rows are neutral."""
     tol = TOLERANCE_FRAMES

@@ -26,7 +26,7 @@ from edge.liveness.blink import BlinkDetector
 from edge.liveness.challenge import Challenge, challenge_at, schedule_challenge
 from edge.liveness.continuity import ContinuityMonitor
 from edge.liveness.eye import eye_openness
-from edge.liveness.fusion import fuse_passive, passive_verdict
+from edge.liveness.fusion import fuse_passive, pad_due, passive_verdict
 from edge.liveness.motion import MotionMonitor
 from edge.session.decision import Decision, challenge_required
 from edge.session.lockout import LockoutStore
@@ -134,7 +134,9 @@ class VerificationSession:
         self._quality_reason: str | None = None
         lv = cfg.liveness
         self._blinks = BlinkDetector(lv)
-        self._motion = MotionMonitor(STATIC_WINDOW_S, lv.static_motion_px)
+        # Tracked frames (edge.vision.track) cycle through detect_every ROIs: motion.py doc.
+        settle = cfg.vision.detect_every
+        self._motion = MotionMonitor(STATIC_WINDOW_S, lv.static_motion_px, settle)
         self._continuity = ContinuityMonitor(lv.continuity_min_iou, cfg.vision.min_face_px)
         self._challenge: Challenge | None = None
         self._counted: list[float] = []  # end times of counted blinks
@@ -145,7 +147,7 @@ class VerificationSession:
         # a motion rule that can fire within the session (`passive_min_s`).
         self._pad_scores: deque[float] = deque(maxlen=MAX_PAD_CROPS)
         self._pad_last_t = -math.inf
-        self._passive_motion = MotionMonitor(lv.passive_min_s, lv.passive_motion_px)
+        self._passive_motion = MotionMonitor(lv.passive_min_s, lv.passive_motion_px, settle)
         self._acquired_t = 0.0
         self.mirrored = False  # adaptive flip TTA: the mirrored chips were needed (_near)
 
@@ -366,7 +368,7 @@ class VerificationSession:
 
     def _sample_pad(self, frame: Frame, obs: ObservationLike, t: float) -> None:
         lv = self.cfg.liveness
-        if not lv.pad or t - self._pad_last_t < lv.pad_every_s:
+        if not lv.pad or not pad_due(t, self._pad_last_t, lv.pad_every_s):
             return
         score = self.vision.pad_score(frame, obs)
         if score is not None:

@@ -76,6 +76,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--cache", type=Path, help="reuse (or write) the per-frame scores here")
+    p.add_argument("--every", type=float, default=0.1, help="crop spacing in a session (s)")
     a = p.parse_args()
     if a.cache and a.cache.exists():
         scores = pickle.loads(a.cache.read_bytes())
@@ -84,11 +85,11 @@ def main() -> int:
         if a.cache:
             a.cache.write_bytes(pickle.dumps(scores))
     for window in (0.6, 1.0):
-        print(f"== sessions of {window} s")
+        print(f"== sessions of {window} s, a crop every {a.every} s")
         for name, rule in RULES.items():
             live, attack = [], []
             for kind, rows in scores.values():
-                values = [float(rule(c)) for c in sessions(rows, window)]
+                values = [float(rule(c)) for c in sessions(rows, window, a.every)]
                 (attack if kind == "attack_replay" else live).extend(values)
             lv, av = np.sort(live), np.sort(attack)
             print(f"{name:17s} live n={len(lv)} min={lv[0]:.3f} p1={np.percentile(lv, 1):.3f} "
