@@ -99,28 +99,22 @@ class BlinkScore:
     correct: int  # detections matching an annotated blink
 
 
+def _near(b: Blink, a: Annotation) -> bool:
+    """The detection overlaps the annotated row, give or take TOLERANCE_FRAMES."""
+    return b.start_index <= a.end + TOLERANCE_FRAMES and b.end_index >= a.start - TOLERANCE_FRAMES
+
+
 def false_alarms(blinks: Sequence[Blink], annotations: Sequence[Annotation]) -> list[Blink]:
     """The detections `score_blinks` counts as false alarms: near no annotated row."""
-    tol = TOLERANCE_FRAMES
-    return [
-        b
-        for b in blinks
-        if not any(b.start_index <= a.end + tol and b.end_index >= a.start - tol
-                   for a in annotations)
-    ]  # fmt: skip
+    return [b for b in blinks if not any(_near(b, a) for a in annotations)]
 
 
 def score_blinks(blinks: Sequence[Blink], annotations: Sequence[Annotation]) -> BlinkScore:
     """Match detections to annotated blinks (+-TOLERANCE_FRAMES); ambiguous rows are neutral."""
-    tol = TOLERANCE_FRAMES
     found: set[int] = set()
     detected = correct = 0
     for b in blinks:
-        near = [
-            k
-            for k, a in enumerate(annotations)
-            if b.start_index <= a.end + tol and b.end_index >= a.start - tol
-        ]
+        near = [k for k, a in enumerate(annotations) if _near(b, a)]
         real = [k for k in near if annotations[k].label == "blink"]
         if real:
             detected, correct = detected + 1, correct + 1
