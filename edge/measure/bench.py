@@ -251,6 +251,7 @@ def run_bench(
     per_frame: list[tuple[float, float]] = []  # (t_s, VISION_STAGES wall ms)
     per_frame_cpu: list[tuple[float, float]] = []
     pad_last_t = -1e9
+    pad_every = cfg.liveness.pad_every_s
     with_face = seen = embedded = 0
     size: tuple[int, int] | None = None
     for image, t_s, index in frames:
@@ -268,7 +269,6 @@ def run_bench(
             assert marks is not None
             if st.liveness is not None:
                 timed("liveness", st.liveness, marks.points, t_s, index)
-            pad_every = cfg.liveness.pad_every_s
             if st.pad is not None and (warming or pad_due(t_s, pad_last_t, pad_every)):
                 timed("pad", st.pad, image, face)
                 pad_last_t = t_s
