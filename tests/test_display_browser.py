@@ -48,6 +48,7 @@ SHOWCASE: list[KioskState] = [
     KioskState("locked_out", {"seconds_left": 90}),
     KioskState("offline_queued"),
     KioskState("service_unavailable"),
+    KioskState("maintenance"),
 ]
 assert {s.state for s in SHOWCASE} == set(STATES)
 

@@ -67,6 +67,7 @@ class LiveSource:
         self._queue: queue.Queue[tuple[int, ImageRGB | None]] = queue.Queue(maxsize=1)
         self._generation = 0
         self._closed = threading.Event()
+        self._reader_thread: threading.Thread | None = None
         self.reopen_count = 0
         self._keepalive: Callable[[], None] = _nothing
         self._slice_s = WAIT_SLICE_S
@@ -139,6 +140,7 @@ class LiveSource:
             target=self._reader, args=(gen, cap), name=f"camera-{gen}", daemon=True
         )
         thread.start()
+        self._reader_thread = thread
 
     def _put(self, item: tuple[int, ImageRGB | None]) -> None:
         try:
@@ -240,13 +242,43 @@ class LiveSource:
     ) -> None:
         self.close()
 
-    def close(self) -> None:
-        self._closed.set()
+    def suspend(self) -> None:
+        """Release the device for another process (edge/camera/lease.py); `resume` opens it
+        again. Call it between two frames, from the thread that iterates."""
+        self._stop_reader()
+        with contextlib.suppress(queue.Empty):
+            self._queue.get_nowait()
+
+    def _stop_reader(self) -> None:
+        """End the reader after the read under way, then release its capture: a capture is
+        not safe to release while another thread reads it. That read ends within a frame
+        period on a working camera; a stalled one is released after `read_timeout_s`
+        regardless, as `_reopen` does."""
         self._generation += 1
         cap, self._capture = self._capture, None
+        reader = self._reader_thread
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(self._cfg.read_timeout_s)
         if cap is not None:
             with contextlib.suppress(Exception):
                 cap.release()
+
+    def resume(self) -> None:
+        """Open the device again after `suspend`; one that does not open at once goes through
+        the stall recovery (back-off, then SourceError), as a camera that dropped out would."""
+        if self._capture is not None or self._closed.is_set():
+            return
+        try:
+            self._capture = self._open_bounded(OPEN_TIMEOUT_S)
+        except SourceError as exc:
+            log.warning("camera %s did not reopen after it was lent: %s", self.uri, exc)
+            self._reopen()
+            return
+        self._start_reader()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._stop_reader()
 
 
 def _nothing() -> None:

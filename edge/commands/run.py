@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.camera import open_source
 from edge.camera.demo import default_source_uri
+from edge.camera.lease import CameraLease
 from edge.config import Config
 from edge.errors import ConfigError, FacegateError, KeyStoreError
 from edge.kiosk.actuators import make_actuator
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 # a test can stand days after a tenant was last seen (welfare alerts) without waiting days.
 # Never set on a kiosk; when set, the run says so on stderr.
 TEST_WALL_OFFSET_ENV = "FACEGATE_TEST_WALL_OFFSET_S"
+# An enrolment holding the camera when the kiosk starts is waited for this long: inside the
+# unit's TimeoutStartSec (60 s); a longer one ends this start, and systemd starts it again.
+START_WAIT_S = 45.0
 
 
 def _wall_clock() -> Callable[[], float]:
@@ -150,6 +154,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     vision = FaceTracker(VisionPipeline.from_config(cfg), cfg.vision.detect_every)
     with contextlib.ExitStack() as stack:
         claims, qr = _claims(args, cfg, keys, stack)
+        # The camera is this kiosk's while it runs; it lends it to an enrolment that asks
+        # (edge/camera/lease.py). One still running at start-up is waited for, within the
+        # unit's start timeout.
+        lease = CameraLease(cfg.state_dir)
+        stack.callback(lease.close)
+        if not lease.try_hold():
+            print(f"waiting for the camera: {lease.holder()} is using it", file=sys.stderr,
+                  flush=True)
+            lease.hold(START_WAIT_S)
         source = open_source(uri, cfg.camera)
         stack.callback(source.close)
         store = stack.enter_context(TemplateStore(db_path(cfg.state_dir), keys))
@@ -193,7 +206,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             cfg, source, vision=vision, display=_display, claims=claims, store=store,
             outbox=outbox, factory=factory, actuator=make_actuator(cfg.actuator),
             lockout=lockout, presence=presence, debug_capture=capture, dispatcher=dispatcher,
-            qr=qr, link_up=link.connected.is_set if link is not None else None,
+            qr=qr, link_up=link.connected.is_set if link is not None else None, lease=lease,
         )
         install_signal_handlers(kiosk)
         stats = kiosk.run(max_frames=args.max_frames)

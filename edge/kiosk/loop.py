@@ -12,6 +12,11 @@ skipped. Between the commit of an accept and the relay nothing runs but the rela
 that fails after the commit leaves a signed `actuator.fault` (the accept's seq) and sends the
 person to the alternative. SIGTERM or the end of the stream mid-session abandons the session:
 no lockout failure, no denial event.
+
+Lending the camera (edge/camera/lease.py): a technician's enrolment asks for the camera; the
+kiosk sees the request within LEASE_CHECK_S, abandons the session under way as a SIGTERM
+would, releases the device, shows `maintenance` and waits (pinging the watchdog) until the
+request is withdrawn or its requester died, then takes the camera back.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from numpy.typing import NDArray
 
 from edge.camera import Source
 from edge.camera.base import Frame
+from edge.camera.lease import CameraLease
 from edge.config import Config
 from edge.errors import DataError, FacegateError
 from edge.kiosk.actuators import Actuator, ActuatorError, NoActuator
@@ -68,6 +74,8 @@ AT_KIOSK_SIZE_RATIO = 0.6
 SAME_PLACE_IOU = 0.3
 IDENTITY_CHECK_EVERY = 5  # frames between embeddings of the face in the decided place
 MAINTENANCE_EVERY_S = 3600.0
+LEASE_CHECK_S = 0.25  # how often the loop looks for a request to lend the camera
+LEASE_WAIT_S = 0.2  # how often a kiosk that lent its camera looks whether it is back
 SESSION_PROMPT_STATES = {"Please come closer": "closer", "Please step back": "step_back"}
 BAD_FRAME_LOG_EVERY_S = 10.0  # a camera gone bad logs its first bad frame, then one a while
 # What the person is told when the face path cannot complete (no stored event, a relay fault).
@@ -155,6 +163,7 @@ class Kiosk:
         dispatcher: Dispatcher | None = None,
         qr: QrReader | None = None,
         link_up: Callable[[], bool] | None = None,
+        lease: CameraLease | None = None,
     ) -> None:
         self.cfg, self.source, self.vision, self.display = cfg, source, vision, display
         self.claims, self.store = claims, store
@@ -171,6 +180,8 @@ class Kiosk:
         self.dispatcher = dispatcher
         self.qr = qr  # QR claim tokens read from idle frames (fare gate)
         self.link_up = link_up  # None: no MQTT link configured
+        self.lease = lease  # held by the caller; None: the camera is never lent
+        self._lease_checked_at = -1e18
         self._queue_checked_at = -1e18
         self._queue_waiting = False
         self._frame: Frame | None = None
@@ -460,6 +471,51 @@ class Kiosk:
             return {"kind": "door", "door": self.cfg.smart_lock.door}
         return {}
 
+    def _abandon_session(self, t: float, stats: KioskStats) -> None:
+        """SIGTERM, the end of the stream or a camera loan mid-session: the person did not
+        fail (module doc)."""
+        if self._active is None:
+            return
+        active, self._active = self._active, None
+        decision = active.session.abandon(t)
+        self._decide(active.claim, decision, active.refs, active.vision.last, stats,
+                     faces_in_view=0)
+
+    def _lend_camera_if_asked(self, t: float, stats: KioskStats) -> bool:
+        """Lend the camera when an enrolment asks for it (module doc); True when it was lent
+        (and is back, or the kiosk is stopping)."""
+        lease = self.lease
+        now = self.clock()
+        if lease is None or now - self._lease_checked_at < LEASE_CHECK_S:
+            return False
+        self._lease_checked_at = now
+        if not lease.requested():
+            return False
+        log.warning("camera lent to an enrolment: kiosk out of service until it is back")
+        self._abandon_session(t, stats)
+        suspend = getattr(self.source, "suspend", None)
+        if callable(suspend):
+            suspend()
+        self._prompt("Out of service - maintenance", stats, "maintenance")
+        lease.release()
+        stats.camera_loans += 1
+        while not self.stop_event.is_set():
+            if not lease.requested() and lease.try_hold():
+                break
+            self.notifier.keepalive()
+            self.stop_event.wait(LEASE_WAIT_S)
+        if self.stop_event.is_set():
+            return True
+        reset = getattr(self.vision, "reset", None)
+        if callable(reset):
+            reset()  # the face tracked before the loan is not the one in view now
+        resume = getattr(self.source, "resume", None)
+        if callable(resume):
+            resume()
+        log.warning("camera back from the enrolment: kiosk in service")
+        self._prompt("Please look at the camera", stats)
+        return True
+
     def _maintenance(self, t: float, stats: KioskStats) -> None:
         """Hourly: destroy past-due templates, raise welfare alerts (smart lock)."""
         if t - self._last_maintenance < MAINTENANCE_EVERY_S:
@@ -609,6 +665,8 @@ class Kiosk:
             for frame in self.source:
                 if self.stop_event.is_set():
                     break
+                if self._lend_camera_if_asked(frame.t_monotonic, stats):
+                    continue  # the frame read before the loan is stale
                 stats.frames += 1
                 last_t = frame.t_monotonic
                 self._frame = frame
@@ -624,12 +682,7 @@ class Kiosk:
                 self.notifier.keepalive()
                 if max_frames is not None and stats.frames >= max_frames:
                     break
-            if self._active is not None:
-                # SIGTERM or the end of the stream: the person did not fail (module doc).
-                active, self._active = self._active, None
-                decision = active.session.abandon(last_t)
-                self._decide(active.claim, decision, active.refs, active.vision.last, stats,
-                             faces_in_view=0)
+            self._abandon_session(last_t, stats)
             self._report_strangers(stats)
             ended_cleanly = True
         finally:

@@ -44,6 +44,7 @@ class KioskStats:
     actuator_faults: int = 0  # relay pulses that failed after a committed accept
     abandoned: int = 0  # sessions cut by SIGTERM or the end of the stream
     strangers: int = 0  # smart lock: failures by faces far from every tenant
+    camera_loans: int = 0  # times the camera was lent to an enrolment (edge/camera/lease.py)
     outcomes: Counter[str] = field(default_factory=Counter)  # "accept", "reject:<reason>"
     event_counts: Counter[str] = field(default_factory=Counter)  # by event type
     prompts: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_PROMPTS))
@@ -80,6 +81,7 @@ class KioskStats:
             "actuator_faults": self.actuator_faults,
             "abandoned": self.abandoned,
             "strangers": self.strangers,
+            "camera_loans": self.camera_loans,
             "session_ms": percentiles(self.session_ms),
             "frame_ms": percentiles(self.frame_ms),
         }

@@ -35,6 +35,9 @@ _FIXED: dict[str, tuple[Text, Text, str]] = {
                         "when it is back"), "ok"),
     "service_unavailable": (("服务暂不可用", "Service unavailable"),
                             ("请使用卡或密码", "Please use your card or PIN"), "warn"),
+    "maintenance": (("设备维护中", "Out of service for maintenance"),
+                    ("请使用卡或密码，或稍后再试", "Please use your card or PIN, or try again "
+                     "shortly"), "warn"),
 }
 
 CLAIM_TEXT: dict[str, Text] = {

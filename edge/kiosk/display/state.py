@@ -29,6 +29,7 @@ STATES: dict[str, str] = {
     "locked_out": "too many attempts; detail `seconds_left` (countdown from `t`)",
     "offline_queued": "the broker is offline but the event is safely queued",
     "service_unavailable": "the event could not be stored: use your card or PIN",
+    "maintenance": "out of service: the camera is lent to a technician's enrolment",
 }
 
 # `denied` reasons the kiosk produces (session, claims, loop). Any `quality:<gate>` is also

@@ -1,0 +1,175 @@
+"""Who may use the kiosk's camera: the running kiosk holds it and lends it to an enrolment.
+
+A camera can be streamed by one process at a time (V4L2 refuses a second stream, picamera2 a
+second owner), yet a technician enrols people at the kiosk over the serial console while the
+kiosk service runs. Two files in the state directory settle it, with `flock` locks, which the
+kernel drops when their holder dies, so a killed process never leaves the camera taken:
+
+- `camera.lock`: held by whoever streams the camera (the kiosk, or an enrolment it lent it to).
+  The holder writes its pid into it, for the error message of a process that waits in vain.
+- `camera.request`: an enrolment that wants the camera publishes this file, locked, for as long
+  as it needs the camera. It is created locked under a temporary name and renamed into place, so
+  the name only ever shows a locked file while its requester lives. The kiosk checks for it a
+  few times a second; when it sees a live request it ends the session under way (nobody's
+  failure), releases the device and `camera.lock`, shows "out of service", and waits until the
+  request is withdrawn (or its requester died: the file is then unlocked, and removed as stale),
+  then takes the lock back and reopens the camera.
+
+`facegate enroll` borrows the camera only when its source is the kiosk's own (`camera.source`),
+so an enrolment from a recording never takes the kiosk out of service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from edge.errors import SourceError
+
+LOCK_FILE = "camera.lock"
+REQUEST_FILE = "camera.request"
+POLL_S = 0.05  # how often a waiting party tries the lock again
+
+
+def _nothing() -> None:
+    pass
+
+
+class CameraLease:
+    """The camera lease of one state directory (module doc). Not thread-safe: one per process."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self._lock_path = self.state_dir / LOCK_FILE
+        self._request_path = self.state_dir / REQUEST_FILE
+        self._clock, self._sleep = clock, sleep
+        self._lock_fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock_fd is not None
+
+    # ---- the camera lock (kiosk and enrolment alike) ---------------------------------------
+
+    def try_hold(self) -> bool:
+        """Take `camera.lock` if it is free; True when this process holds it now."""
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        return True
+
+    def hold(self, wait_s: float, keepalive: Callable[[], None] = _nothing) -> None:
+        """Take `camera.lock`, waiting up to `wait_s` (calling `keepalive` meanwhile); SourceError
+        naming the holder when it stays taken."""
+        deadline = self._clock() + wait_s
+        while not self.try_hold():
+            if self._clock() >= deadline:
+                raise SourceError(
+                    f"the camera is in use by another process ({self.holder()}) and was not "
+                    f"released within {wait_s:g} s; wait for the enrolment to end, or stop that "
+                    "process (a second kiosk on the same state dir is a configuration error)"
+                )
+            keepalive()
+            self._sleep(POLL_S)
+
+    def release(self) -> None:
+        """Let go of `camera.lock` (the pid in it stays: it is only read in messages)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def holder(self) -> str:
+        """Who holds `camera.lock`, for messages: "pid N" as its holder wrote it."""
+        try:
+            pid = self._lock_path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            pid = ""
+        return f"pid {pid}" if pid.isdigit() else "unknown pid"
+
+    # ---- kiosk side ----------------------------------------------------------------------
+
+    def requested(self) -> bool:
+        """True while a live requester waits for (or uses) the camera; a request left behind by
+        a requester that died is removed here."""
+        try:
+            fd = os.open(self._request_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return True
+                raise
+            # Unlocked: its requester died (or is withdrawing it). Remove it only if the name
+            # still names this file, not a newer request renamed into place since.
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self._request_path).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(self._request_path)
+            return False
+        finally:
+            os.close(fd)
+
+    # ---- requester side (an enrolment) -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def borrow(self, wait_s: float) -> Iterator[None]:
+        """Ask the kiosk for the camera and hold it for the `with` block; SourceError when it is
+        not handed over within `wait_s` (a kiosk that is not running hands nothing over: the
+        lock is simply free)."""
+        request = self._publish_request()
+        try:
+            self.hold(wait_s)
+            try:
+                yield
+            finally:
+                self.release()
+        finally:
+            self._withdraw(request)
+
+    def _publish_request(self) -> int:
+        tmp = self.state_dir / f".{REQUEST_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.replace(tmp, self._request_path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return fd
+
+    def _withdraw(self, fd: int) -> None:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self._request_path).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(self._request_path)
+        finally:
+            os.close(fd)  # unlocks it: a kiosk that opened it meanwhile sees a dead request
+
+    def close(self) -> None:
+        self.release()
