@@ -218,7 +218,10 @@ def test_serial_relay_sends_the_boards_exact_frames_off_on_off_over_a_real_pty(
         board.wait_bytes(len(off + on + off), "ON, then OFF when the pulse ends")
         assert bytes(board.got) == off + on + off
         held_s = board.arrival_of(len(off + on + off)) - board.arrival_of(len(off + on))
-        assert 0.19 <= held_s <= 0.2 + 0.3, f"relay held {held_s:.3f} s for a 200 ms pulse"
+        # The stamps are taken by this process's 2 ms polling: on a loaded 2-core machine the
+        # ON frame can be read (and stamped) some 10-20 ms late, which shortens the measured
+        # hold (seen: 0.188 s in a full parallel run), so the lower bound allows 30 ms.
+        assert 0.17 <= held_s <= 0.2 + 0.3, f"relay held {held_s:.3f} s for a 200 ms pulse"
         relay.close()
         board.wait_bytes(len(off + on + off + off), "OFF again on close")
         assert bytes(board.got) == off + on + off + off

@@ -193,6 +193,7 @@ def test_console_session_over_a_real_pty(tmp_path: Path, pin_hash: str) -> None:
         term.send(b"status\r\n")  # a login refills the bucket: the technician is not slowed
         out = term.expect("facegate> ")
         assert '"device": "kiosk-con-1"' in out and '"templates_active": 0' in out
+        assert '"held": false' in out  # no kiosk streams the camera (edge/camera/lease.py)
         term.send(b"templates\r\n")
         term.expect("(no templates)")
         term.send(b"revoke ../etc\r\n")
@@ -377,3 +378,41 @@ def test_console_refuses_to_start_without_a_pin_or_port(tmp_path: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "no technician PIN configured" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_status_names_who_streams_the_camera_and_diag_checks_every_model_the_kiosk_loads(
+    tmp_path: Path,
+) -> None:
+    from edge.camera.lease import CameraLease
+    from edge.config import load_config
+    from edge.console.services import DeviceServices
+    from edge.transport.outbox import Outbox
+    from edge.trust.keys import init_keys
+    from edge.vision.pad import PAD_V1SE
+
+    repo_models = Path(__file__).resolve().parent.parent / "models"
+    models = tmp_path / "models"
+    models.mkdir()
+    for f in repo_models.iterdir():
+        if f.is_file() and f.name != PAD_V1SE:  # one anti-spoofing model lost on the board
+            (models / f.name).symlink_to(f)
+    cfg_path = tmp_path / "k.toml"
+    cfg_path.write_text(
+        f'profile = "bakery"\n[device]\nid = "kiosk-con-2"\n'
+        f'[paths]\nstate_dir = "{tmp_path / "st"}"\nmodels_dir = "{models}"\n'
+        "[mqtt]\nenabled = false\n"
+    )
+    cfg = load_config(cfg_path)
+    keys = init_keys(cfg.state_dir, cfg.device.id)
+    with Outbox(cfg.state_dir / "outbox.sqlite", 100) as outbox:
+        services = DeviceServices(cfg, keys, outbox)
+        assert services.status()["camera"] == {"held": False, "holder": None, "lent": False}
+        kiosk = CameraLease(cfg.state_dir)
+        assert kiosk.try_hold()  # as `facegate run` does
+        assert services.status()["camera"] == {
+            "held": True, "holder": f"pid {os.getpid()}", "lent": False,
+        }  # fmt: skip
+        kiosk.release()
+        report = services.diagnostics()
+    assert report["models"]["ok"] is False
+    assert PAD_V1SE in report["models"]["detail"], report

@@ -2,16 +2,17 @@
 
 A camera can be streamed by one process at a time (V4L2 refuses a second stream, picamera2 a
 second owner), yet a technician enrols people at the kiosk over the serial console while the
-kiosk service runs. Two files in the state directory settle it, with `flock` locks, which the
-kernel drops when their holder dies, so a killed process never leaves the camera taken:
+kiosk service runs. Two `flock` locks in the state directory settle it; the kernel drops them
+when their holder dies, so a killed process never leaves the camera taken:
 
-- `camera.lock`: held by whoever streams the camera (the kiosk, or an enrolment it lent it to).
-  The holder writes its pid into it, for the error message of a process that waits in vain.
+- the camera lock, on the state directory itself (no file is created: a command that fails
+  leaves the state directory as it found it), held by whoever streams the camera (the kiosk,
+  or an enrolment it lent it to); `holder()` reads its pid from /proc/locks for messages.
 - `camera.request`: an enrolment that wants the camera publishes this file, locked, for as long
   as it needs the camera. It is created locked under a temporary name and renamed into place, so
   the name only ever shows a locked file while its requester lives. The kiosk checks for it a
   few times a second; when it sees a live request it ends the session under way (nobody's
-  failure), releases the device and `camera.lock`, shows "out of service", and waits until the
+  failure), releases the device and the camera lock, shows "out of service", and waits until the
   request is withdrawn (or its requester died: the file is then unlocked, and removed as stale),
   then takes the lock back and reopens the camera.
 
@@ -31,7 +32,6 @@ from pathlib import Path
 
 from edge.errors import SourceError
 
-LOCK_FILE = "camera.lock"
 REQUEST_FILE = "camera.request"
 POLL_S = 0.05  # how often a waiting party tries the lock again
 
@@ -51,7 +51,6 @@ class CameraLease:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self._lock_path = self.state_dir / LOCK_FILE
         self._request_path = self.state_dir / REQUEST_FILE
         self._clock, self._sleep = clock, sleep
         self._lock_fd: int | None = None
@@ -63,10 +62,10 @@ class CameraLease:
     # ---- the camera lock (kiosk and enrolment alike) ---------------------------------------
 
     def try_hold(self) -> bool:
-        """Take `camera.lock` if it is free; True when this process holds it now."""
+        """Take the camera lock if it is free; True when this process holds it now."""
         if self._lock_fd is not None:
             return True
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -74,13 +73,11 @@ class CameraLease:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return False
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
         return True
 
     def hold(self, wait_s: float, keepalive: Callable[[], None] = _nothing) -> None:
-        """Take `camera.lock`, waiting up to `wait_s` (calling `keepalive` meanwhile); SourceError
+        """Take the camera lock, waiting up to `wait_s` (calling `keepalive` meanwhile); SourceError
         naming the holder when it stays taken."""
         deadline = self._clock() + wait_s
         while not self.try_hold():
@@ -94,18 +91,36 @@ class CameraLease:
             self._sleep(POLL_S)
 
     def release(self) -> None:
-        """Let go of `camera.lock` (the pid in it stays: it is only read in messages)."""
+        """Let go of the camera lock."""
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
 
     def holder(self) -> str:
-        """Who holds `camera.lock`, for messages: "pid N" as its holder wrote it."""
+        """Who holds the camera lock, for messages: "pid N" from /proc/locks (Linux), where
+        the kernel lists each lock with its owner and the device:inode it locks."""
         try:
-            pid = self._lock_path.read_text(encoding="ascii", errors="replace").strip()
+            st = os.stat(self.state_dir)
+            key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+            with open("/proc/locks", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    # "1: FLOCK  ADVISORY  WRITE 26186 fe:00:260072 0 EOF" (waiters: "1: ->")
+                    fields = line.split()
+                    if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key:
+                        return f"pid {fields[4]}"
         except OSError:
-            pid = ""
-        return f"pid {pid}" if pid.isdigit() else "unknown pid"
+            pass
+        return "unknown pid"
+
+    def state(self) -> dict[str, object]:
+        """For the technician's `status`: whether a process streams the camera (`held`, by
+        `holder`) and whether an enrolment asked for it (`lent`). Probing takes the free lock
+        for an instant, which a kiosk starting at that moment waits out (one poll)."""
+        lent = self.requested()
+        if self._lock_fd is None and self.try_hold():
+            self.release()
+            return {"held": False, "holder": None, "lent": lent}
+        return {"held": True, "holder": self.holder(), "lent": lent}
 
     # ---- kiosk side ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from edge import __version__
+from edge.camera.lease import CameraLease
 from edge.config import Config
 from edge.console.session import Outcome
 from edge.errors import FacegateError
@@ -57,15 +58,22 @@ class DeviceServices:
             "templates_active": sum(1 for i in infos if i.state == "active"),
             "templates_total": len(infos),
             "outbox": self.outbox.status(),
+            # Who streams the camera: the kiosk when it runs, an enrolment it lent it to.
+            "camera": CameraLease(self.cfg.state_dir).state(),
         }
 
     def diagnostics(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
         try:
-            from edge.vision.models import model_path
+            from edge.vision.models import DETECTOR, EMBEDDER, LANDMARKER, model_path
+            from edge.vision.pad import PAD_V1SE, PAD_V2
 
-            for name in ("face_detection_short_range.tflite", "face_landmark.tflite",
-                         "face_embedding_int8.tflite"):
+            # Every model the kiosk loads: with the passive check on, it refuses to start
+            # without the two anti-spoofing models.
+            names = [DETECTOR, LANDMARKER, EMBEDDER]
+            if self.cfg.liveness.pad:
+                names += [PAD_V2, PAD_V1SE]
+            for name in names:
                 model_path(self.cfg.models_dir, name)
             report["models"] = {"ok": True}
         except (FacegateError, ImportError) as exc:
