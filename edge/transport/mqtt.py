@@ -27,13 +27,11 @@ the device counter like any event's, so the ledger sees seq gaps where a heartbe
 Status: `…/status` is retained; the will is "offline", and "online" is published on connect. With
 a device key (an event factory) both, and `…/status/state`, are signed documents
 (edge/trust/status.py); without one they stay the bare words (tools only).
-Downlink: `…/cmd` commands are verified (edge/trust/commands.py). Every command, accepted or
-refused, is audited as a signed `console.audit` event (action `cmd.<type>` or `cmd.refused`, ok,
-detail = reason); refusals are counted by reason and audited at most once per
-`REFUSAL_AUDIT_EVERY_S` so a flood of junk cannot push real events out of the bounded outbox,
-with the counts left over written when the link stops (edge/transport/downlink.RefusalAudit).
-The broker is told the largest packet we take (MQTT v5 Maximum Packet Size), so an oversized
-command is dropped by the broker instead of being read into memory here.
+Downlink: what arrives on `…/cmd`, receipts and commands, is checked, run and audited by
+edge/transport/inbox.py; command refusals are audited at most once per `REFUSAL_AUDIT_EVERY_S`,
+with the counts left over written when the link stops. The broker is told the largest packet
+we take (MQTT v5 Maximum Packet Size), so an oversized command is dropped by the broker instead
+of being read into memory here.
 """
 
 from __future__ import annotations
@@ -58,14 +56,12 @@ from paho.mqtt.properties import Properties
 from edge import __version__
 from edge.config import MqttConfig
 from edge.transport.credentials import read_password
-from edge.transport.downlink import RefusalAudit, ReplayGuard
+from edge.transport.downlink import ReplayGuard
+from edge.transport.inbox import CommandHandler, Inbox
 from edge.transport.outbox import Outbox
 from edge.transport.topics import cmd_topic, state_topic, status_topic, topic_for
-from edge.trust import canonical
-from edge.trust.commands import MAX_COMMAND_BYTES, Command, CommandError, verify_command
-from edge.trust.event_schema import EventError
+from edge.trust.commands import MAX_COMMAND_BYTES
 from edge.trust.events import EventFactory
-from edge.trust.receipts import Receipt, ReceiptError, is_receipt, verify_receipt
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 86_400  # the broker keeps our cmd subscription (and queued commands) a day
@@ -75,7 +71,7 @@ FAILED_RETRY_S = 5.0  # a PUBACK with a failure code: try that event again after
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the back-off
 POLL_S = 0.5  # look for rows enqueued by other processes at least this often
 SUPERVISE_S = 1.0  # how often the supervisor checks that the link thread is alive
-CommandHandler = Callable[[Command], None]
+__all__ = ["Backoff", "CommandHandler", "LinkStats", "MqttLink", "contained"]
 _F = TypeVar("_F", bound=Callable[..., None])
 
 
@@ -148,12 +144,9 @@ class MqttLink:
         backend_public: Ed25519PublicKey | None = None,
     ) -> None:
         self.cfg, self.device_id, self.site, self.outbox = cfg, device_id, site, outbox
-        self._factory, self._handlers, self._guard = factory, dict(handlers or {}), guard
-        self._backend_key = backend_public  # checks commands and receipts; None refuses them
+        self._factory, self._guard = factory, guard
         self.settling = backend_public is not None  # rows wait for receipts (module doc)
         self._published: list[int] = []  # rows PUBACKed this turn (settling mode)
-        self._receipts: list[Receipt] = []  # verified receipts to apply this turn
-        self._receipts_refused = 0  # refused this turn, not yet counted in the outbox
         self._first = True
         self._supervisor: threading.Thread | None = None
         self._started_at = time.monotonic()
@@ -163,13 +156,17 @@ class MqttLink:
         self._connected_at = -1e9
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng or random.Random())
         self.stats = LinkStats()
+        # Receipts and commands on …/cmd; the backend key checks both (None refuses them).
+        self._inbox = Inbox(
+            device_id, site, outbox, self.stats, factory=factory, handlers=handlers or {},
+            guard=guard, backend_key=backend_public, refusal_every_s=REFUSAL_AUDIT_EVERY_S,
+        )  # fmt: skip
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._dirty = True
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._cooling: dict[int, float] = {}  # row id -> monotonic time it may be retried
         self._acks: list[int] = []
-        self._refusals = RefusalAudit(self._audit, REFUSAL_AUDIT_EVERY_S)
         self._thread: threading.Thread | None = None
         self._status = status_topic(site, device_id)
         self._state_topic = state_topic(site, device_id)
@@ -238,7 +235,7 @@ class MqttLink:
             self._supervisor.join(timeout_s)
         if self._thread is not None:
             self._thread.join(timeout_s)
-        self._refusals.flush()  # refusals not yet audited reach the outbox before we exit
+        self._inbox.refusals.flush()  # refusals not yet audited reach the outbox before we exit
 
     def _run(self) -> None:
         """The link thread: sessions until stopped; a failed turn restarts the connection."""
@@ -279,7 +276,7 @@ class MqttLink:
                     break
                 self._flush_acks()
                 self._pump()
-                self._refusals.tick()
+                self._inbox.refusals.tick()
             self._flush_acks()
             if self._stop.is_set():
                 self._goodbye()
@@ -410,11 +407,10 @@ class MqttLink:
             published, self._published = self._published, []
             self.outbox.mark_published(published, self.cfg.resend_min_s, self.cfg.resend_max_s)
             self.stats.acked += len(published)
-        if self._receipts_refused:
-            refused, self._receipts_refused = self._receipts_refused, 0
+        receipts, refused = self._inbox.take_receipts()
+        if refused:
             self.outbox.count_refused_receipts(refused)
-        if self._receipts:
-            receipts, self._receipts = self._receipts, []
+        if receipts:
             ranges = [r for receipt in receipts for r in receipt.ranges]
             self.stats.settled += self.outbox.settle(self.device_id, ranges)
 
@@ -462,65 +458,5 @@ class MqttLink:
 
     @contained
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if msg.topic != self._cmd:
-            return
-        payload = bytes(msg.payload)
-        if self._looks_like_receipt(payload):
-            self._on_receipt(payload)
-            return
-        if self._guard is None:
-            return
-        try:
-            cmd = verify_command(bytes(msg.payload), self._backend_key, self.device_id, self._guard)
-        except CommandError as exc:
-            self._refused(exc.reason, str(exc))
-            return
-        self.stats.commands_accepted += 1
-        handler = self._handlers.get(cmd.type)
-        if handler is None:
-            self._audit(f"cmd.{cmd.type}", False, "no handler registered on this device")
-            return
-        try:
-            handler(cmd)
-        except Exception as exc:  # a failing handler must not kill the link
-            log.exception("command %s failed", cmd.type)
-            self._audit(f"cmd.{cmd.type}", False, f"handler failed: {type(exc).__name__}")
-            return
-        self._audit(f"cmd.{cmd.type}", True, f"seq {cmd.seq}")
-
-    @staticmethod
-    def _looks_like_receipt(payload: bytes) -> bool:
-        if len(payload) > MAX_COMMAND_BYTES:
-            return False  # refused as a command, unread
-        try:
-            return is_receipt(canonical.loads(payload))
-        except canonical.CanonicalError:
-            return False
-
-    def _on_receipt(self, payload: bytes) -> None:
-        """Check a receipt; a good one is applied after this turn (one transaction)."""
-        try:
-            receipt = verify_receipt(payload, self._backend_key, self.device_id, self.site)
-        except ReceiptError as exc:
-            refused = self.stats.receipts_refused
-            refused[exc.reason] = refused.get(exc.reason, 0) + 1
-            log.warning("receipt refused: %s", exc)
-            self._receipts_refused += 1  # stored once per loop turn: a junk flood is no fsync flood
-            return
-        self.stats.receipts_accepted += 1
-        self._receipts.append(receipt)
-
-    def _refused(self, reason: str, message: str) -> None:
-        self.stats.commands_refused[reason] = self.stats.commands_refused.get(reason, 0) + 1
-        log.warning("downlink command refused: %s", message)
-        self._refusals.refused(reason)
-
-    def _audit(self, action: str, ok: bool, detail: str) -> None:
-        if self._factory is None:
-            return
-        try:
-            self.outbox.emit(
-                self._factory, "console.audit", action=action, ok=ok, detail=detail[:120]
-            )
-        except EventError:
-            self.outbox.emit(self._factory, "console.audit", action=action, ok=ok)
+        if msg.topic == self._cmd:
+            self._inbox.on_message(bytes(msg.payload))
