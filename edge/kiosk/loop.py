@@ -30,12 +30,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from edge.camera import Source
 from edge.camera.base import Frame
@@ -48,8 +46,17 @@ from edge.kiosk.debug_capture import DebugCapture
 from edge.kiosk.display.dispatcher import Dispatcher
 from edge.kiosk.display.state import KioskState
 from edge.kiosk.household import StrangerReports, household_subjects
+from edge.kiosk.ports import (
+    ActiveSession,
+    CapturingVision,
+    Embedding,
+    QrReader,
+    ReferenceStore,
+    Vision,
+)
 from edge.kiosk.presence import PresenceStore
 from edge.kiosk.profiles import CLAIM_PROMPTS, event_for
+from edge.kiosk.queue_rule import NextPerson, at_the_kiosk
 from edge.kiosk.sdnotify import Notifier
 from edge.kiosk.stats import KioskStats
 from edge.session.decision import Decision
@@ -57,22 +64,10 @@ from edge.session.lockout import LockoutStore, stranger_below
 from edge.session.verification import ABANDONED, VerificationSession
 from edge.transport.outbox import Outbox, OutboxError, OutboxFullError
 from edge.trust.events import EventFactory
-from edge.vision.geometry import box_iou, box_size
 
 log = logging.getLogger(__name__)
 
 Display = Callable[[str], None]
-Embedding = NDArray[np.float32]
-# Queues: the person at the kiosk is a face with landmarks, centred (its centre in the middle
-# of the frame's width) and not much smaller than the largest face; a smaller face further back
-# never blocks. After a decision the next session starts once the decided face has left (no
-# such face for COOLDOWN_NO_FACE_S), or a face stands elsewhere, or the face in the same place
-# is someone else (its embedding below the match threshold against the decided face's).
-COOLDOWN_NO_FACE_S = 0.3
-CENTRAL_FRACTION = 0.6
-AT_KIOSK_SIZE_RATIO = 0.6
-SAME_PLACE_IOU = 0.3
-IDENTITY_CHECK_EVERY = 5  # frames between embeddings of the face in the decided place
 MAINTENANCE_EVERY_S = 3600.0
 LEASE_CHECK_S = 0.25  # how often the loop looks for a request to lend the camera
 LEASE_WAIT_S = 0.2  # how often a kiosk that lent its camera looks whether it is back
@@ -83,60 +78,6 @@ UNAVAILABLE = "Service unavailable - please pay or open with PIN or card"
 RELAY_FAULT = "Door or gate did not open - please use PIN or card"
 TIMED_OUT = re.compile(r"time[ds]? ?out", re.IGNORECASE)  # "Write timeout", "timed out"
 __all__ = ["Kiosk", "KioskStats", "at_the_kiosk", "install_signal_handlers"]
-
-
-class ReferenceStore(Protocol):
-    """The part of TemplateStore the kiosk needs: decrypt references for some subjects."""
-
-    def references(
-        self, subjects: list[str] | None = None
-    ) -> tuple[dict[str, Embedding], dict[str, Any]]: ...
-
-    def expire(self) -> list[str]: ...
-
-
-class QrReader(Protocol):
-    """edge.kiosk.claims.qr.QrClaimReader: scans 1 idle frame in N for a claim token."""
-
-    def on_idle_frame(self, image: Any, t: float) -> Any: ...
-
-
-class Vision(Protocol):
-    def observe(self, image: Any) -> list[Any]: ...
-    def quality(self, image: Any, obs: Any) -> Any: ...
-    def embed(self, image: Any, landmarks: Any) -> Embedding: ...
-    def pad_score(self, image: Any, obs: Any) -> float | None: ...
-
-
-class _CapturingVision:
-    """Passes through to the pipeline, keeping the last embedding in memory (1:few identity)."""
-
-    def __init__(self, vision: Vision) -> None:
-        self.vision = vision
-        self.last: Embedding | None = None
-
-    def quality(self, frame: Frame, obs: Any) -> Any:
-        return self.vision.quality(frame, obs)
-
-    def embed(self, frame: Frame, landmarks: Any) -> Embedding | None:
-        self.last = self.vision.embed(frame, landmarks)
-        return self.last
-
-    def pad_score(self, frame: Frame, obs: Any) -> float | None:
-        return self.vision.pad_score(frame, obs)
-
-    def refine(self, embedding: Embedding) -> Embedding | None:
-        """Adaptive flip TTA (edge.vision.track): the mirrored chip's help, when available."""
-        refine = getattr(self.vision, "refine", None)
-        return None if refine is None else refine(embedding)
-
-
-@dataclass
-class _Active:
-    claim: Claim
-    session: VerificationSession
-    vision: _CapturingVision
-    refs: dict[str, Embedding]
 
 
 class Kiosk:
@@ -186,12 +127,8 @@ class Kiosk:
         self._queue_waiting = False
         self._frame: Frame | None = None
         self._last_prompt = ""
-        self._active: _Active | None = None
-        self._cooldown_until_absent = False
-        self._absent_since: float | None = None
-        self._decided_box: Any = None
-        self._decided_embedding: Embedding | None = None
-        self._cooldown_frames = 0
+        self._active: ActiveSession | None = None
+        self._next = NextPerson(cfg.verify.threshold)  # the queue rule (queue_rule.py)
         self._last_maintenance = -1e18
         self._bad_frame_logged_t = -1e18
         self._strangers = StrangerReports()
@@ -313,7 +250,7 @@ class Kiosk:
             decision = Decision(claim.subject, False, refusal, None, 0, None, False)
             self._decide(claim, decision, {}, None, stats, faces_in_view=1)
             return
-        vision = _CapturingVision(self.vision)  # type: ignore[arg-type]
+        vision = CapturingVision(self.vision)  # type: ignore[arg-type]
         door = claim.method == "household"
         session = VerificationSession(
             self.cfg, vision, lockout=self.lockout, rng=self.rng,
@@ -330,7 +267,7 @@ class Kiosk:
         if early is not None:
             self._decide(claim, early, refs, None, stats, faces_in_view=1)
             return
-        self._active = _Active(claim, session, vision, refs)
+        self._active = ActiveSession(claim, session, vision, refs)
 
     def _decide(
         self,
@@ -455,10 +392,8 @@ class Kiosk:
         if callable(clear):
             clear()
         # Whatever happened, the next session waits until this person has stepped away (or
-        # someone else is at the kiosk: `_next_person`).
-        self._cooldown_until_absent = True
-        self._absent_since = None
-        self._cooldown_frames = 0
+        # someone else is at the kiosk: queue_rule.py).
+        self._next.wait()
 
     def _approved(self, claim: Claim) -> dict[str, Any]:
         """What the display shows with an approval: the amount, the fare or the door."""
@@ -554,16 +489,16 @@ class Kiosk:
             self._session_prompt(active.session, t, stats)
             if decision is not None:
                 self._active = None
-                self._decided_box = active.session.tracked_box
-                self._decided_embedding = active.vision.last
+                self._next.decided(active.session.tracked_box, active.vision.last)
                 self._decide(active.claim, decision, active.refs, active.vision.last, stats,
                              faces_in_view=len(faces))
             return
         present = at_the_kiosk(faces, frame.image.shape[1])
         self._scan_qr(frame, stats)
-        if self._cooldown_until_absent and not self._next_person(frame, present):
+        vision = self.vision
+        embed = None if vision is None else (lambda marks: vision.embed(frame.image, marks))
+        if not self._next.ready(t, present, embed):
             return
-        self._cooldown_until_absent = False
         if not present:
             self._prompt("Please look at the camera", stats)
         elif len(present) > 1:
@@ -584,33 +519,6 @@ class Kiosk:
         if result is not None and result.refusal is not None:
             self._prompt(f"Ticket refused ({result.refusal}) - please use a valid QR code or card",
                          stats, "denied", reason=result.refusal)  # fmt: skip
-
-    def _next_person(self, frame: Frame, present: list[Any]) -> bool:
-        """After a decision: has the decided person left, or is someone else at the kiosk?"""
-        t = frame.t_monotonic
-        same_place = [
-            o for o in present
-            if self._decided_box is not None and box_iou(o.box, self._decided_box) >= SAME_PLACE_IOU
-        ]  # fmt: skip
-        if not present:
-            self._absent_since = t if self._absent_since is None else self._absent_since
-            return t - self._absent_since >= COOLDOWN_NO_FACE_S
-        self._absent_since = None
-        if len(present) == 1 and not same_place:
-            return True  # a face stands where the decided one did not: the next person
-        if len(same_place) != 1 or self._decided_embedding is None or self.vision is None:
-            return False
-        self._cooldown_frames += 1
-        if self._cooldown_frames % IDENTITY_CHECK_EVERY:
-            return False
-        marks = same_place[0].landmarks
-        try:
-            probe = self.vision.embed(frame.image, marks)
-        except FacegateError as exc:
-            log.warning("identity check after a decision skipped: %s", exc)
-            return False
-        similarity = float(np.dot(probe, self._decided_embedding))
-        return similarity < self.cfg.verify.threshold  # not the decided person: start anew
 
     def _vision_step(self, frame: Frame, stats: KioskStats) -> None:
         faces = self.vision.observe(frame.image) if self.vision is not None else []
@@ -692,21 +600,6 @@ class Kiosk:
             stats.elapsed_s = self.clock() - t_start
             self.notifier.stopping()
         return stats
-
-
-def at_the_kiosk(faces: Sequence[Any], frame_width: int) -> list[Any]:
-    """The faces that count as someone at the kiosk (module doc: centred, with landmarks, not
-    much smaller than the largest); faces too small for landmarks never count."""
-    marked = [o for o in faces if o.landmarks is not None]
-    if not marked:
-        return []
-    largest = max(box_size(o.box) for o in marked)
-    margin = (1.0 - CENTRAL_FRACTION) / 2 * frame_width
-    return [
-        o for o in marked
-        if box_size(o.box) >= AT_KIOSK_SIZE_RATIO * largest
-        and margin <= (o.box.x1 + o.box.x2) / 2 <= frame_width - margin
-    ]  # fmt: skip
 
 
 def install_signal_handlers(kiosk: Kiosk) -> None:
