@@ -333,3 +333,39 @@ def test_a_kiosk_starting_while_an_enrolment_has_the_camera_waits_for_it(tmp_pat
             kiosk.kill()
     assert kiosk.returncode == 0, err[-2000:]
     assert json.loads(out.strip().splitlines()[-1])["frames"] == 10
+
+
+def test_a_kiosk_stopped_while_its_camera_is_lent_exits_at_once_without_reopening_it(
+    short_dir: Path,
+) -> None:
+    frames = [np.full((120, 160, 3), 128, np.uint8)]  # no face needed: only the stream counts
+    fifo = short_dir / "cam.fifo"
+    os.mkfifo(fifo)
+    cfg = short_dir / "kiosk.toml"
+    state = short_dir / "state"
+    cfg.write_text(
+        f'profile = "demo"\n[device]\nid = "kiosk-lease-0002"\nsite = "lab"\n'
+        f'[paths]\nstate_dir = "{state}"\n'
+        f'[camera]\nsource = "file:{fifo}"\nread_timeout_s = 5.0\n[mqtt]\nenabled = false\n'
+    )
+    camera = FifoCamera(fifo, frames, fps=20)
+    kiosk = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run"], env=cli_env(cfg), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert camera.wait_for(1, 20, 60), "the kiosk never read the camera"
+        with CameraLease(state).borrow(10.0):  # the technician has the camera
+            assert camera.connections[0]["end"] > 0  # the kiosk let go of the device
+            kiosk.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            out, err = kiosk.communicate(timeout=30)
+            stopped_s = time.monotonic() - t0
+    finally:
+        if kiosk.poll() is None:
+            kiosk.kill()
+        camera.stop()
+    assert kiosk.returncode == 0, err[-2000:]
+    assert stopped_s < 3.0, (stopped_s, err[-2000:])  # not after a 5 s read timeout + reopen
+    assert len(camera.connections) == 1, camera.connections  # the camera was not reopened
+    assert json.loads(out.strip().splitlines()[-1])["camera_loans"] == 1

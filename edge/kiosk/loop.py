@@ -574,6 +574,8 @@ class Kiosk:
                 if self.stop_event.is_set():
                     break
                 if self._lend_camera_if_asked(frame.t_monotonic, stats):
+                    if self.stop_event.is_set():
+                        break  # stopped while lent: never reopen a camera only to close it
                     continue  # the frame read before the loan is stale
                 stats.frames += 1
                 last_t = frame.t_monotonic
