@@ -29,7 +29,7 @@ from _cli import REPO, cli_env
 from conftest import require_data
 
 from edge.camera import open_source
-from edge.camera.lease import REQUEST_FILE, CameraLease
+from edge.camera.lease import REQUEST_FILE, CameraLease, borrowed_if_kiosks
 from edge.camera.live import LiveSource
 from edge.config import CameraConfig
 from edge.errors import SourceError
@@ -286,21 +286,15 @@ def test_enrolment_at_the_console_borrows_the_running_kiosks_camera_and_gives_it
     assert "Traceback" not in err, detail
 
 
-def test_only_an_enrolment_from_the_kiosks_own_camera_borrows_it(tmp_path: Path) -> None:
-    from edge.commands.enroll import _camera_of
-    from edge.config import load_config
-
-    cfg_path = tmp_path / "k.toml"
-    cfg_path.write_text(
-        f'profile = "bakery"\n[paths]\nstate_dir = "{tmp_path / "st"}"\n'
-        '[camera]\nsource = "v4l2:/dev/video0"\n'
-    )
-    cfg = load_config(cfg_path)
-    assert isinstance(_camera_of("file:/tmp/recording.mp4", cfg), contextlib.nullcontext)
-    assert isinstance(_camera_of("v4l2:/dev/video1", cfg), contextlib.nullcontext)
-    borrowed = _camera_of("v4l2:/dev/video0", cfg)
+def test_only_a_command_on_the_kiosks_own_camera_borrows_it(tmp_path: Path) -> None:
+    state = tmp_path / "st"
+    kiosk_uri = "v4l2:/dev/video0"
+    for other in ("file:/tmp/recording.mp4", "v4l2:/dev/video1"):
+        assert isinstance(borrowed_if_kiosks(other, kiosk_uri, state), contextlib.nullcontext)
+    assert isinstance(borrowed_if_kiosks(kiosk_uri, "", state), contextlib.nullcontext)
+    borrowed = borrowed_if_kiosks(kiosk_uri, kiosk_uri, state)
     assert not isinstance(borrowed, contextlib.nullcontext)
-    holder = CameraLease(cfg.state_dir)
+    holder = CameraLease(state)
     with borrowed:
         assert holder.requested() and not holder.try_hold()
     assert holder.try_hold()

@@ -16,8 +16,9 @@ when their holder dies, so a killed process never leaves the camera taken:
   request is withdrawn (or its requester died: the file is then unlocked, and removed as stale),
   then takes the lock back and reopens the camera.
 
-`facegate enroll` borrows the camera only when its source is the kiosk's own (`camera.source`),
-so an enrolment from a recording never takes the kiosk out of service.
+`facegate enroll`, `verify` and `bench` borrow the camera only when their source is the
+kiosk's own (`camera.source`, `borrowed_if_kiosks`), so a run on a recording never takes the
+kiosk out of service.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from edge.camera.uri import parse_source_uri
 from edge.errors import SourceError
 
 REQUEST_FILE = "camera.request"
 POLL_S = 0.05  # how often a waiting party tries the lock again
+# How long the running kiosk has to hand its camera over (it looks for a request 4 times a
+# second, then ends the session under way and releases the device).
+BORROW_WAIT_S = 10.0
 
 
 def _nothing() -> None:
@@ -188,3 +193,18 @@ class CameraLease:
 
     def close(self) -> None:
         self.release()
+
+
+def borrowed_if_kiosks(
+    uri: str, kiosk_uri: str, state_dir: Path, wait_s: float = BORROW_WAIT_S
+) -> contextlib.AbstractContextManager[None]:
+    """Borrow the camera from the running kiosk for a `with` block when `uri` names the
+    kiosk's own camera (`kiosk_uri`, its `camera.source`); for a recording or another camera
+    there is nothing to borrow."""
+    if not kiosk_uri:
+        return contextlib.nullcontext()
+    mine, kiosks = parse_source_uri(uri), parse_source_uri(kiosk_uri)
+    if (mine.kind, mine.target) != (kiosks.kind, kiosks.target):
+        return contextlib.nullcontext()
+    Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    return CameraLease(state_dir).borrow(wait_s)

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.camera import open_source
+from edge.camera.lease import borrowed_if_kiosks
 from edge.commands._output import check_json_target, write_json
 from edge.config import Config
 from edge.errors import DataError
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if every < 1:
         raise DataError(f"--embed-every {every}: give N >= 1 (1 embeds every frame)")
     uri = args.source or default_source()
-    frames = looped_frames(uri, cfg)
-    result = {"source": uri, **run_bench(frames, cfg, args.frames, args.threads, every)}
+    with borrowed_if_kiosks(uri, cfg.camera.source, cfg.state_dir):  # edge/camera/lease.py
+        frames = looped_frames(uri, cfg)
+        result = {"source": uri, **run_bench(frames, cfg, args.frames, args.threads, every)}
     text = json.dumps(result, indent=2)
     if args.json_out:
         write_json(Path(args.json_out), text)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 
 from edge.camera import open_source
-from edge.camera.lease import CameraLease
-from edge.camera.uri import parse_source_uri
+from edge.camera.lease import borrowed_if_kiosks
 from edge.config import Config
 from edge.errors import FacegateError, TemplateError
 from edge.templates.enroll import EnrolmentCapture, build_template, enrol_template
@@ -18,21 +16,6 @@ from edge.templates.store import open_store
 from edge.trust.sealed import check_subject
 
 MAX_FRAMES = 50
-# How long the running kiosk has to hand its camera over (it looks for a request 4 times a
-# second, then ends the session under way and releases the device).
-LEASE_WAIT_S = 10.0
-
-
-def _camera_of(uri: str, cfg: Config) -> contextlib.AbstractContextManager[None]:
-    """Borrow the camera from the kiosk when `uri` is the kiosk's own camera; otherwise (a
-    recording) there is nothing to borrow."""
-    if not cfg.camera.source:
-        return contextlib.nullcontext()
-    mine, kiosks = parse_source_uri(uri), parse_source_uri(cfg.camera.source)
-    if (mine.kind, mine.target) != (kiosks.kind, kiosks.target):
-        return contextlib.nullcontext()
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return CameraLease(cfg.state_dir).borrow(LEASE_WAIT_S)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -57,7 +40,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         # The source is opened before the prompt: nobody is asked to look at a dead camera.
         # The kiosk's own camera is borrowed from the running kiosk (edge/camera/lease.py).
         with (
-            _camera_of(args.source, cfg),
+            borrowed_if_kiosks(args.source, cfg.camera.source, cfg.state_dir),
             open_source(args.source, cfg.camera, realtime=False) as source,
         ):
             print("look at the camera and blink naturally", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from edge.camera import open_source
+from edge.camera.lease import borrowed_if_kiosks
 from edge.config import Config
 from edge.session.decision import Decision
 from edge.session.lockout import LockoutStore
@@ -40,7 +41,11 @@ def run_session(
     """Feed the source's frames through the pipeline into the session until it decides."""
     prompt: str | None = None
     last_t = 0.0
-    with open_source(uri, cfg.camera) as src:
+    # The kiosk's own camera is borrowed from the running kiosk (edge/camera/lease.py).
+    with (
+        borrowed_if_kiosks(uri, cfg.camera.source, cfg.state_dir),
+        open_source(uri, cfg.camera) as src,
+    ):
         for frame in src:
             received = time.perf_counter()
             decision = session.step(frame, pipeline.observe(frame.image), received_perf=received)
