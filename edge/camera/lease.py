@@ -46,7 +46,8 @@ def _nothing() -> None:
 
 
 class CameraLease:
-    """The camera lease of one state directory (module doc). Not thread-safe: one per process."""
+    """The camera lease of one state directory (module doc). Not thread-safe. Each instance
+    opens its own descriptors, so two instances, even in one process, exclude each other."""
 
     def __init__(
         self,
