@@ -161,11 +161,18 @@ def _clamp(v: float, lim: float) -> float:
 
 
 def video_frames(path: Path, cfg: Config) -> Iterator[Frame]:
-    """Frames of a video file at full speed on the recording's timeline."""
+    """Frames of a video file at full speed on the recording's own timeline, from 0 s.
+
+    Stamped `index / fps` here, not with the source's stamps (the process's monotonic clock at
+    the start plus the media time): the float rounding of that sum depends on the machine's
+    uptime, and at exact frame multiples (18 frames = 0.6 s at 30 fps) it moved session ends
+    by a frame from one run to the next, so the figures were not reproducible."""
     from edge.camera import open_source
 
     with open_source(f"file:{path}", cfg.camera, realtime=False) as src:
-        yield from src
+        fps = float(getattr(src, "fps", 0.0)) or 30.0
+        for frame in src:
+            yield Frame(frame.image, frame.index / fps, frame.index)
 
 
 # -- blink scoring ---------------------------------------------------------------------------
