@@ -292,6 +292,10 @@ def test_only_a_command_on_the_kiosks_own_camera_borrows_it(tmp_path: Path) -> N
     for other in ("file:/tmp/recording.mp4", "v4l2:/dev/video1"):
         assert isinstance(borrowed_if_kiosks(other, kiosk_uri, state), contextlib.nullcontext)
     assert isinstance(borrowed_if_kiosks(kiosk_uri, "", state), contextlib.nullcontext)
+    # A kiosk camera.source that does not parse (not checked at config load) streams nothing;
+    # a bad source of the command itself is left to the source to report.
+    assert isinstance(borrowed_if_kiosks(kiosk_uri, "bogus", state), contextlib.nullcontext)
+    assert isinstance(borrowed_if_kiosks("bogus", kiosk_uri, state), contextlib.nullcontext)
     borrowed = borrowed_if_kiosks(kiosk_uri, kiosk_uri, state)
     assert not isinstance(borrowed, contextlib.nullcontext)
     holder = CameraLease(state)

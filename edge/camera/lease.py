@@ -202,9 +202,12 @@ def borrowed_if_kiosks(
     """Borrow the camera from the running kiosk for a `with` block when `uri` names the
     kiosk's own camera (`kiosk_uri`, its `camera.source`); for a recording or another camera
     there is nothing to borrow."""
-    if not kiosk_uri:
+    try:
+        mine, kiosks = parse_source_uri(uri), parse_source_uri(kiosk_uri)
+    except SourceError:
+        # A bad `uri` is reported by the source that opens it; a kiosk whose camera.source
+        # does not parse streams nothing to borrow.
         return contextlib.nullcontext()
-    mine, kiosks = parse_source_uri(uri), parse_source_uri(kiosk_uri)
     if (mine.kind, mine.target) != (kiosks.kind, kiosks.target):
         return contextlib.nullcontext()
     Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
