@@ -48,7 +48,7 @@ def test_the_camera_lock_is_exclusive_and_a_request_is_seen_while_it_lives(
     refused = pytest.raises(SourceError, match=f"pid {os.getpid()}.*not released within 0.3 s")
     with refused, technician.borrow(0.3):
         pass
-    assert 0.3 <= time.monotonic() - t0 < 2.0
+    assert 0.3 <= time.monotonic() - t0 < 5.0
     assert not kiosk.requested() and not (tmp_path / REQUEST_FILE).exists()
     # The kiosk lets go: the borrower has the camera, and the kiosk sees the request all along.
     kiosk.release()
@@ -344,7 +344,7 @@ def test_a_kiosk_stopped_while_its_camera_is_lent_exits_at_once_without_reopenin
     cfg.write_text(
         f'profile = "demo"\n[device]\nid = "kiosk-lease-0002"\nsite = "lab"\n'
         f'[paths]\nstate_dir = "{state}"\n'
-        f'[camera]\nsource = "file:{fifo}"\nread_timeout_s = 5.0\n[mqtt]\nenabled = false\n'
+        f'[camera]\nsource = "file:{fifo}"\nread_timeout_s = 10.0\n[mqtt]\nenabled = false\n'
     )
     camera = FifoCamera(fifo, frames, fps=20)
     kiosk = subprocess.Popen(
@@ -354,6 +354,11 @@ def test_a_kiosk_stopped_while_its_camera_is_lent_exits_at_once_without_reopenin
     try:
         assert camera.wait_for(1, 20, 60), "the kiosk never read the camera"
         with CameraLease(state).borrow(10.0):  # the technician has the camera
+            # The kiosk closed the device before it let go of the lock; the helper notices
+            # within its 2 ms poll, or later on a loaded machine.
+            deadline = time.monotonic() + 10
+            while camera.connections[0]["end"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert camera.connections[0]["end"] > 0  # the kiosk let go of the device
             kiosk.send_signal(signal.SIGTERM)
             t0 = time.monotonic()
@@ -364,6 +369,6 @@ def test_a_kiosk_stopped_while_its_camera_is_lent_exits_at_once_without_reopenin
             kiosk.kill()
         camera.stop()
     assert kiosk.returncode == 0, err[-2000:]
-    assert stopped_s < 3.0, (stopped_s, err[-2000:])  # not after a 5 s read timeout + reopen
+    assert stopped_s < 6.0, (stopped_s, err[-2000:])  # not after a 10 s read timeout + reopen
     assert len(camera.connections) == 1, camera.connections  # the camera was not reopened
     assert json.loads(out.strip().splitlines()[-1])["camera_loans"] == 1
