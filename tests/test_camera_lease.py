@@ -228,19 +228,23 @@ def _video_frames(path: Path, scale: float = 0.5) -> list[np.ndarray]:
         ]
 
 
+def _fifo_kiosk(short_dir: Path, read_timeout_s: float) -> tuple[Path, Path, Path]:
+    """A demo kiosk's config whose camera is a FIFO: (fifo, config, state dir)."""
+    fifo, cfg, state = short_dir / "cam.fifo", short_dir / "kiosk.toml", short_dir / "state"
+    os.mkfifo(fifo)
+    cfg.write_text(
+        f'profile = "demo"\n[device]\nid = "kiosk-lease-0001"\nsite = "lab"\n'
+        f'[paths]\nstate_dir = "{state}"\n[camera]\nsource = "file:{fifo}"\n'
+        f"read_timeout_s = {read_timeout_s}\n[mqtt]\nenabled = false\n"
+    )
+    return fifo, cfg, state
+
+
 def test_enrolment_at_the_console_borrows_the_running_kiosks_camera_and_gives_it_back(
     short_dir: Path,
 ) -> None:
     frames = _video_frames(require_data(PORTRAIT))
-    fifo = short_dir / "cam.fifo"
-    os.mkfifo(fifo)
-    cfg = short_dir / "kiosk.toml"
-    state = short_dir / "state"
-    cfg.write_text(
-        f'profile = "demo"\n[device]\nid = "kiosk-lease-0001"\nsite = "lab"\n'
-        f'[paths]\nstate_dir = "{state}"\n'
-        f'[camera]\nsource = "file:{fifo}"\nread_timeout_s = 2.0\n[mqtt]\nenabled = false\n'
-    )
+    fifo, cfg, _ = _fifo_kiosk(short_dir, read_timeout_s=2.0)
     env = cli_env(cfg)
     keys = subprocess.run(
         [sys.executable, "-m", "edge", "keys", "init"], env=env, cwd=REPO, capture_output=True,
@@ -337,15 +341,7 @@ def test_a_kiosk_stopped_while_its_camera_is_lent_exits_at_once_without_reopenin
     short_dir: Path,
 ) -> None:
     frames = [np.full((120, 160, 3), 128, np.uint8)]  # no face needed: only the stream counts
-    fifo = short_dir / "cam.fifo"
-    os.mkfifo(fifo)
-    cfg = short_dir / "kiosk.toml"
-    state = short_dir / "state"
-    cfg.write_text(
-        f'profile = "demo"\n[device]\nid = "kiosk-lease-0002"\nsite = "lab"\n'
-        f'[paths]\nstate_dir = "{state}"\n'
-        f'[camera]\nsource = "file:{fifo}"\nread_timeout_s = 10.0\n[mqtt]\nenabled = false\n'
-    )
+    fifo, cfg, state = _fifo_kiosk(short_dir, read_timeout_s=10.0)
     camera = FifoCamera(fifo, frames, fps=20)
     kiosk = subprocess.Popen(
         [sys.executable, "-m", "edge", "run"], env=cli_env(cfg), cwd=REPO,
