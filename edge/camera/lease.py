@@ -41,8 +41,22 @@ POLL_S = 0.05  # how often a waiting party tries the lock again
 BORROW_WAIT_S = 10.0
 
 
-def _nothing() -> None:
-    pass
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive `flock` on `fd` without waiting; False when another holder has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _unlink_if_names(path: Path, fd: int) -> None:
+    """Remove `path` if it still names the file open as `fd` (not a newer one renamed there)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
 
 
 class CameraLease:
@@ -73,18 +87,19 @@ class CameraLease:
             return True
         fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+            locked = _try_lock(fd)
+        except OSError:
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
             raise
+        if not locked:
+            os.close(fd)
+            return False
         self._lock_fd = fd
         return True
 
-    def hold(self, wait_s: float, keepalive: Callable[[], None] = _nothing) -> None:
-        """Take the camera lock, waiting up to `wait_s` (calling `keepalive` meanwhile); SourceError
-        naming the holder when it stays taken."""
+    def hold(self, wait_s: float) -> None:
+        """Take the camera lock, waiting up to `wait_s`; SourceError naming the holder when it
+        stays taken."""
         deadline = self._clock() + wait_s
         while not self.try_hold():
             if self._clock() >= deadline:
@@ -93,7 +108,6 @@ class CameraLease:
                     f"released within {wait_s:g} s; wait for the enrolment to end, or stop that "
                     "process (a second kiosk on the same state dir is a configuration error)"
                 )
-            keepalive()
             self._sleep(POLL_S)
 
     def release(self) -> None:
@@ -138,17 +152,10 @@ class CameraLease:
         except FileNotFoundError:
             return False
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return True
-                raise
-            # Unlocked: its requester died (or is withdrawing it). Remove it only if the name
-            # still names this file, not a newer request renamed into place since.
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(self._request_path).st_ino == os.fstat(fd).st_ino:
-                    os.unlink(self._request_path)
+            if not _try_lock(fd):
+                return True
+            # Unlocked: its requester died (or is withdrawing it): a stale request.
+            _unlink_if_names(self._request_path, fd)
             return False
         finally:
             os.close(fd)
@@ -186,9 +193,7 @@ class CameraLease:
 
     def _withdraw(self, fd: int) -> None:
         try:
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(self._request_path).st_ino == os.fstat(fd).st_ino:
-                    os.unlink(self._request_path)
+            _unlink_if_names(self._request_path, fd)
         finally:
             os.close(fd)  # unlocks it: a kiosk that opened it meanwhile sees a dead request
 
